@@ -1,0 +1,177 @@
+"""Parses MSD HDF5 files (single-song and aggregate) held in memory into songs with their
+90 timbre statistics, or into rejections that say why a file or song could not be used.
+
+The whole file is read in one request by the caller and opened here from bytes: h5py on a
+remote file object issues many small reads, which is far slower on GCS.
+"""
+import dataclasses
+import io
+import os
+import re
+from typing import Iterator, Optional, Union
+
+import h5py
+import numpy as np
+
+from msd import timbre as timbre_lib
+
+DEFAULT_MIN_SEGMENTS = 10
+# Real songs have at most ~3,300 segments; the cap stops a dataset declared huge but
+# compressed from being inflated into memory.
+DEFAULT_MAX_SEGMENTS = 50_000
+
+_TRACK_ID_IN_NAME = re.compile(r"(TR[A-Z0-9]{16})")
+
+
+@dataclasses.dataclass(frozen=True)
+class Song:
+    """One usable song: its ids, the metadata carried to the outputs, and raw statistics."""
+    track_id: str
+    song_id: str
+    artist_name: str
+    title: str
+    release: str
+    year: int
+    duration: float
+    num_segments: int
+    raw_features: np.ndarray  # float64 (90,)
+    path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejection:
+    """A file or song that produced no output, with a reason code and a sentence for a person."""
+    path: str
+    track_id: Optional[str]
+    reason: str
+    detail: str
+    level: str = "song"  # "file": the whole file was unusable; "song": one song in it
+
+    def to_json_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def track_id_from_path(path: str) -> Optional[str]:
+    """The track id in an MSD file name (``TRAXLZU12903D05F94.h5``), if there is one."""
+    match = _TRACK_ID_IN_NAME.search(os.path.basename(path))
+    return match.group(1) if match else None
+
+
+def _file_rejection(path: str, reason: str, detail: str) -> Rejection:
+    return Rejection(path=path, track_id=track_id_from_path(path), reason=reason, detail=detail,
+                     level="file")
+
+
+def _text(value) -> str:
+    if isinstance(value, bytes):
+        return value.rstrip(b"\x00").decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _compound_table(h5: h5py.File, name: str, fields: tuple[str, ...]) -> Union[np.ndarray, str]:
+    """Reads a compound ``songs`` table, or returns what is wrong with it."""
+    dataset = h5.get(name)
+    if not isinstance(dataset, h5py.Dataset):
+        return f"the dataset '{name}' is missing"
+    names = dataset.dtype.names or ()
+    missing = [field for field in fields if field not in names]
+    if missing:
+        return f"'{name}' lacks the field(s) {', '.join(missing)}"
+    if dataset.ndim != 1 or dataset.shape[0] == 0:
+        return f"'{name}' has shape {dataset.shape}, expected one row per song"
+    return dataset[()]
+
+
+def parse_msd_file(data: bytes, path: str, min_segments: int = DEFAULT_MIN_SEGMENTS,
+                   max_segments: int = DEFAULT_MAX_SEGMENTS) -> Iterator[Union[Song, Rejection]]:
+    """Yields a Song or a Rejection for every song in an MSD HDF5 file given as bytes.
+
+    A file that cannot be used at all yields exactly one Rejection with ``level="file"``.
+    """
+    if not data:
+        yield _file_rejection(path, "empty_file", "the file is empty (0 bytes)")
+        return
+    try:
+        h5 = h5py.File(io.BytesIO(data), "r")
+    except Exception as error:  # h5py raises OSError subclasses with HDF5's own wording
+        yield _file_rejection(path, "not_hdf5",
+                              f"not a readable HDF5 file ({type(error).__name__}: {error})")
+        return
+    try:
+        yield from _parse_open_file(h5, path, min_segments, max_segments)
+    except Exception as error:  # a corrupt chunk deep in the file surfaces only when read
+        yield _file_rejection(path, "corrupt_hdf5",
+                              f"HDF5 data could not be read ({type(error).__name__}: {error})")
+    finally:
+        h5.close()
+
+
+def _parse_open_file(h5: h5py.File, path: str, min_segments: int,
+                     max_segments: int) -> Iterator[Union[Song, Rejection]]:
+    analysis = _compound_table(h5, "analysis/songs", ("track_id", "duration", "idx_segments_timbre"))
+    metadata = _compound_table(h5, "metadata/songs", ("song_id", "artist_name", "title", "release"))
+    musicbrainz = _compound_table(h5, "musicbrainz/songs", ("year",))
+    for table in (analysis, metadata, musicbrainz):
+        if isinstance(table, str):
+            yield _file_rejection(path, "not_msd_file", table)
+            return
+    num_songs = analysis.shape[0]
+    if metadata.shape[0] != num_songs or musicbrainz.shape[0] != num_songs:
+        yield _file_rejection(
+            path, "inconsistent_tables",
+            f"the songs tables disagree on the number of songs (analysis {num_songs}, "
+            f"metadata {metadata.shape[0]}, musicbrainz {musicbrainz.shape[0]})")
+        return
+    timbre_dataset = h5.get("analysis/segments_timbre")
+    if not isinstance(timbre_dataset, h5py.Dataset):
+        yield _file_rejection(path, "not_msd_file", "the dataset 'analysis/segments_timbre' is missing")
+        return
+    if timbre_dataset.ndim != 2 or timbre_dataset.shape[1] != timbre_lib.TIMBRE_DIMS:
+        yield _file_rejection(path, "bad_timbre_shape",
+                              f"segments_timbre has shape {timbre_dataset.shape}, expected (n, 12)")
+        return
+    if not np.issubdtype(timbre_dataset.dtype, np.floating):
+        yield _file_rejection(path, "bad_timbre_dtype",
+                              f"segments_timbre has dtype {timbre_dataset.dtype}, expected float")
+        return
+    total_segments = timbre_dataset.shape[0]
+    if total_segments > max_segments * num_songs:
+        yield _file_rejection(
+            path, "too_many_segments",
+            f"segments_timbre declares {total_segments} segments for {num_songs} song(s); "
+            f"the limit is {max_segments} per song")
+        return
+    all_timbre = timbre_dataset[()]
+
+    starts = analysis["idx_segments_timbre"].astype(np.int64)
+    ends = np.append(starts[1:], total_segments)
+    for row in range(num_songs):
+        track_id = _text(analysis["track_id"][row]) or track_id_from_path(path)
+        start, end = int(starts[row]), int(ends[row])
+        if not 0 <= start <= end <= total_segments:
+            yield Rejection(path, track_id, "bad_segment_index",
+                            f"song {row}: segments {start}..{end} are outside 0..{total_segments} "
+                            "or decreasing (analysis/songs.idx_segments_timbre)")
+            continue
+        song_timbre = all_timbre[start:end]
+        problem = timbre_lib.timbre_problem(song_timbre, min_segments)
+        if problem:
+            yield Rejection(path, track_id, *problem)
+            continue
+        statistics = timbre_lib.timbre_statistics(song_timbre)
+        if not statistics.any():
+            yield Rejection(path, track_id, "zero_features",
+                            "all 90 timbre statistics are zero: the song cannot be normalised")
+            continue
+        yield Song(
+            track_id=track_id,
+            song_id=_text(metadata["song_id"][row]),
+            artist_name=_text(metadata["artist_name"][row]),
+            title=_text(metadata["title"][row]),
+            release=_text(metadata["release"][row]),
+            year=int(musicbrainz["year"][row]),
+            duration=float(analysis["duration"][row]),
+            num_segments=end - start,
+            raw_features=statistics,
+            path=path,
+        )

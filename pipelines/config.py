@@ -1,0 +1,56 @@
+"""``--config FILE``: ready option sets (YAML, flag name → value) that explicit flags override.
+
+Both jobs call ``expand_config(argv)`` before parsing options, so a config may hold any of the
+job's own flags and Beam's (runner, project, region, machine type, …).
+"""
+import argparse
+from typing import Sequence
+
+import yaml
+from apache_beam.io.filesystems import FileSystems
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used, with the file named."""
+
+
+def _flags_given(argv: Sequence[str]) -> set[str]:
+    return {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")}
+
+
+def config_to_flags(config: dict, source: str) -> list[str]:
+    """Turns ``{flag: value}`` into ``--flag=value`` (lists repeat the flag; true → bare flag)."""
+    flags = []
+    for name, value in config.items():
+        if not isinstance(name, str) or name.startswith("-"):
+            raise ConfigError(f"{source}: option names are plain flag names, got {name!r}")
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            if item is True:
+                flags.append(f"--{name}")
+            elif item is False or item is None:
+                continue
+            elif isinstance(item, (dict, list)):
+                raise ConfigError(f"{source}: option {name!r} must be a scalar or a list of scalars")
+            else:
+                flags.append(f"--{name}={item}")
+    return flags
+
+
+def expand_config(argv: Sequence[str]) -> list[str]:
+    """Replaces ``--config FILE`` with the file's flags; flags given explicitly win."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--config")
+    known, rest = parser.parse_known_args(list(argv))
+    if not known.config:
+        return list(rest)
+    try:
+        with FileSystems.open(known.config) as handle:
+            config = yaml.safe_load(handle.read().decode("utf-8")) or {}
+    except Exception as error:
+        raise ConfigError(f"cannot read --config {known.config}: {error}") from error
+    if not isinstance(config, dict):
+        raise ConfigError(f"{known.config}: expected a mapping of option names to values")
+    explicit = _flags_given(rest)
+    from_file = {name: value for name, value in config.items() if name not in explicit}
+    return config_to_flags(from_file, known.config) + list(rest)

@@ -1,0 +1,208 @@
+"""``python -m pipelines.features``: MSD HDF5 files → 90 timbre statistics per song →
+tensorflow-transform normalisation → sharded TFRecord and CSV feature files.
+
+    python -m pipelines.features --input data/ --output_dir out/features
+    python -m pipelines.features --config configs/dataflow_cpu.yaml \\
+        --input 'gs://bucket/msd/data/**.h5' --output_dir gs://bucket/features
+
+Outputs in --output_dir: features/ (GZIP TFRecord of tf.train.Example), csv/ (header
+track_id,song_id,f00..f89), songs/ (Parquet metadata for joins), rejected/ (JSON lines, one per
+file or song not used, with the reason), transform_fn/ and transformed_metadata/ (TFT),
+run_summary.json (counts that reconcile, options, duration).
+"""
+import argparse
+import datetime
+import json
+import logging
+import sys
+import tempfile
+import time
+from typing import Optional, Sequence
+
+import apache_beam as beam
+import tensorflow_transform.beam as tft_beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
+                                                  TestOptions)
+
+from msd import hdf5_reader
+from pipelines import config as config_lib
+from transforms import preprocessing, read_msd, write_features
+
+OUTPUT_SUBDIRS = ("features", "csv", "songs", "rejected", "transform_fn", "transformed_metadata",
+                  "tft_tmp")
+SUMMARY_FILE = "run_summary.json"
+
+
+class FeaturesOptions(PipelineOptions):
+    """Options of the feature pipeline (Beam's own options pass through)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--input", action="append", default=None,
+            help="MSD HDF5 files: a file pattern or a folder (every *.h5 below it), local or "
+                 "gs://. Repeat the flag for several.")
+        parser.add_argument("--output_dir", help="Where every output is written (local or gs://).")
+        parser.add_argument(
+            "--normalization", default="l2", choices=sorted(preprocessing.PREPROCESSING_FNS),
+            help="l2: scale each song's 90 statistics to unit length (cosine = dot product). "
+                 "zscore_l2: standardise each dimension over the catalogue first, then l2.")
+        parser.add_argument(
+            "--min_segments", type=int, default=hdf5_reader.DEFAULT_MIN_SEGMENTS,
+            help="Reject songs with fewer timbre segments (YearPredictionMSD used 10).")
+        parser.add_argument(
+            "--max_segments", type=int, default=hdf5_reader.DEFAULT_MAX_SEGMENTS,
+            help="Reject files declaring more segments per song (real songs have ≤ ~3,300).")
+        parser.add_argument(
+            "--max_file_bytes", type=int, default=read_msd.DEFAULT_MAX_FILE_BYTES,
+            help="Reject files larger than this without reading them (real files are < 1 MB; "
+                 "raise it for aggregate files).")
+        parser.add_argument(
+            "--num_shards", type=int, default=0,
+            help="Shards per output (0: let the runner decide).")
+        parser.add_argument(
+            "--overwrite", action="store_true",
+            help="Replace the outputs of an earlier run in --output_dir.")
+
+    def validate_features_options(self) -> list[str]:
+        """Problems with the options, as sentences; empty when they are usable."""
+        problems = []
+        if not self.input:
+            problems.append("--input is required (a file pattern or folder of MSD .h5 files)")
+        if not self.output_dir:
+            problems.append("--output_dir is required")
+        if self.min_segments < 2:
+            problems.append(f"--min_segments must be at least 2 (a covariance needs two "
+                            f"segments), got {self.min_segments}")
+        if self.max_segments < self.min_segments:
+            problems.append("--max_segments must be at least --min_segments")
+        if self.max_file_bytes < 1:
+            problems.append("--max_file_bytes must be positive")
+        if self.num_shards < 0:
+            problems.append("--num_shards must be 0 or more")
+        return problems
+
+
+def build_pipeline(pipeline: beam.Pipeline, options: FeaturesOptions, patterns: Sequence[str],
+                   temp_dir: str) -> None:
+    """Adds the whole feature job to ``pipeline``."""
+    output_dir = options.output_dir.rstrip("/")
+    parsed = pipeline | "ReadMsd" >> read_msd.ReadMsdSongs(
+        patterns, options.min_segments, options.max_segments, options.max_file_bytes)
+    parsed[read_msd.REJECTED] | "DeadLetter" >> write_features.WriteRejections(output_dir)
+
+    record_batches = (
+        parsed[read_msd.SONGS]
+        | "Batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=2048)
+        | "ToRecordBatch" >> beam.Map(preprocessing.songs_to_record_batch))
+    with tft_beam.Context(temp_dir=temp_dir):
+        (transformed, transformed_metadata), transform_fn = (
+            (record_batches, preprocessing.tensor_adapter_config())
+            | "Normalise" >> tft_beam.AnalyzeAndTransformDataset(
+                preprocessing.PREPROCESSING_FNS[options.normalization],
+                output_record_batches=True))
+        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(output_dir)
+    batches = transformed | "DropPassthrough" >> beam.Map(lambda batch_and_extra: batch_and_extra[0])
+    _ = batches | "Write" >> write_features.WriteFeatures(
+        output_dir, transformed_metadata.dataset_metadata.schema, options.num_shards)
+
+
+def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
+    query = result.metrics().query(MetricsFilter().with_namespace(read_msd.METRICS_NAMESPACE))
+    counters: dict[str, int] = {}
+    for counter in query["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        counters[counter.key.metric.name] = counters.get(counter.key.metric.name, 0) + value
+    return counters
+
+
+def run_summary(counters: dict[str, int], options: FeaturesOptions, patterns: Sequence[str],
+                seconds: float) -> dict:
+    """The run summary: counts that reconcile, the options used and the duration."""
+    get = lambda name: counters.get(name, 0)
+    rejected = {name[len("rejected_"):]: value for name, value in sorted(counters.items())
+                if name.startswith("rejected_")}
+    return {
+        "job": "features",
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "duration_seconds": round(seconds, 3),
+        "input_patterns": list(patterns),
+        "files_matched": get("files_matched"),
+        "files_parsed": get("files_parsed"),
+        "files_rejected": get("files_rejected"),
+        "bytes_read": get("bytes_read"),
+        "songs_seen": get("songs_seen"),
+        "songs_written": get("songs_written"),
+        "songs_rejected": get("songs_rejected"),
+        "rejected_by_reason": rejected,
+        "files_reconcile": get("files_matched") == get("files_parsed") + get("files_rejected"),
+        "songs_reconcile": get("songs_seen") == get("songs_written") + get("songs_rejected"),
+        "options": {name: value for name, value in options.get_all_options(drop_default=True).items()},
+    }
+
+
+def _prepare_output_dir(output_dir: str, overwrite: bool) -> None:
+    existing = [name for name in OUTPUT_SUBDIRS + (SUMMARY_FILE,)
+                if FileSystems.exists(FileSystems.join(output_dir, name))]
+    if existing and not overwrite:
+        raise SystemExit(
+            f"features: {output_dir} already holds outputs of an earlier run "
+            f"({', '.join(existing)}); pass --overwrite to replace them")
+    if existing:
+        FileSystems.delete([FileSystems.join(output_dir, name) for name in existing])
+
+
+def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -> Optional[dict]:
+    """Runs the feature pipeline; returns the run summary (None for a Dataflow dry run)."""
+    try:
+        argv = config_lib.expand_config(sys.argv[1:] if argv is None else argv)
+    except config_lib.ConfigError as error:
+        raise SystemExit(f"features: {error}")
+    options = PipelineOptions(argv)
+    features_options = options.view_as(FeaturesOptions)
+    problems = features_options.validate_features_options()
+    if problems:
+        raise SystemExit("features: " + "; ".join(problems))
+    patterns = [read_msd.expand_input(item) for item in features_options.input]
+    dry_run = options.view_as(TestOptions).dry_run
+    if not dry_run:
+        empty = read_msd.patterns_matching_nothing(patterns)
+        if empty:
+            raise SystemExit(f"features: no file matches {', '.join(empty)}")
+        _prepare_output_dir(features_options.output_dir, features_options.overwrite)
+    temp_location = options.view_as(GoogleCloudOptions).temp_location
+    temp_dir = FileSystems.join(temp_location or features_options.output_dir, "tft_tmp")
+    if dry_run:
+        # TFT creates its temp dir while the job is built; a dry run has no GCS to create it on.
+        temp_dir = tempfile.mkdtemp(prefix="tft_dry_run_")
+
+    started = time.monotonic()
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, features_options, patterns, temp_dir)
+    result = pipeline.run()
+    result.wait_until_finish()
+    if dry_run:
+        logging.info("features: dry run, the job was built and not submitted")
+        return None
+    summary = run_summary(_counters(result), features_options, patterns, time.monotonic() - started)
+    with FileSystems.create(FileSystems.join(features_options.output_dir, SUMMARY_FILE)) as handle:
+        handle.write(json.dumps(summary, indent=2, sort_keys=True).encode("utf-8"))
+    if not temp_location and FileSystems.exists(temp_dir):
+        FileSystems.delete([temp_dir])
+    return summary
+
+
+def main() -> None:
+    logging.getLogger().setLevel(logging.INFO)
+    summary = run()
+    if summary:
+        print(f"features: {summary['songs_written']} songs written, "
+              f"{summary['songs_rejected']} songs and {summary['files_rejected']} files rejected "
+              f"(of {summary['files_matched']} files) in {summary['duration_seconds']:.1f} s "
+              f"→ {FileSystems.join(summary['options']['output_dir'], SUMMARY_FILE)}")
+
+
+if __name__ == "__main__":
+    main()

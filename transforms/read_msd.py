@@ -1,0 +1,152 @@
+"""Beam transforms that find MSD HDF5 files and turn them into songs and rejections."""
+import logging
+import os
+import time
+from typing import Iterable, Iterator, Sequence
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from msd import hdf5_reader
+
+METRICS_NAMESPACE = "msd_features"
+SONGS = "songs"
+REJECTED = "rejected"
+DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024  # real per-track files are under 1 MB
+_WILDCARDS = "*?["
+
+
+def expand_input(path_or_pattern: str) -> str:
+    """A folder means every ``*.h5`` below it; a pattern or file is used as given."""
+    if any(char in path_or_pattern for char in _WILDCARDS) or path_or_pattern.endswith(".h5"):
+        return path_or_pattern
+    is_folder = path_or_pattern.endswith("/") or (
+        "://" not in path_or_pattern and os.path.isdir(path_or_pattern))
+    if is_folder:
+        return FileSystems.join(path_or_pattern.rstrip("/"), "**.h5")
+    return path_or_pattern
+
+
+def patterns_matching_nothing(patterns: Iterable[str]) -> list[str]:
+    """The patterns among ``patterns`` that match no file (checked before the job starts)."""
+    empty = []
+    for pattern in patterns:
+        try:
+            result = FileSystems.match([pattern], limits=[1])[0]
+        except Exception:  # Beam raises BeamIOError when nothing matches on some filesystems
+            empty.append(pattern)
+            continue
+        if not result.metadata_list:
+            empty.append(pattern)
+    return empty
+
+
+class _ProgressLog:
+    """Logs a throughput line at most every ``interval`` seconds (one per worker process)."""
+
+    def __init__(self, interval: float = 10.0):
+        self._interval = interval
+        self._start = self._last = time.monotonic()
+        self.files = self.songs = 0
+
+    def update(self, songs: int) -> None:
+        self.files += 1
+        self.songs += songs
+        now = time.monotonic()
+        if now - self._last >= self._interval:
+            self._last = now
+            elapsed = now - self._start
+            logging.info("features: this worker parsed %d files, %d songs (%.0f songs/s)",
+                         self.files, self.songs, self.songs / elapsed)
+
+
+class ParseMsdFileFn(beam.DoFn):
+    """Reads a matched file's bytes in one request and parses every song in it.
+
+    Input: (path, size in bytes). Main output: ``hdf5_reader.Song``; tagged output ``REJECTED``: ``hdf5_reader.Rejection``.
+    """
+
+    def __init__(self, min_segments: int, max_segments: int, max_file_bytes: int):
+        self._min_segments = min_segments
+        self._max_segments = max_segments
+        self._max_file_bytes = max_file_bytes
+        counter = lambda name: beam.metrics.Metrics.counter(METRICS_NAMESPACE, name)
+        self._files_matched = counter("files_matched")
+        self._files_parsed = counter("files_parsed")
+        self._files_rejected = counter("files_rejected")
+        self._bytes_read = counter("bytes_read")
+        self._songs_seen = counter("songs_seen")
+        self._songs_rejected = counter("songs_rejected")
+        self._progress = None
+
+    def setup(self):
+        self._progress = _ProgressLog()
+
+    def _reject(self, rejection: hdf5_reader.Rejection):
+        beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"rejected_{rejection.reason}").inc()
+        return beam.pvalue.TaggedOutput(REJECTED, rejection)
+
+    def _read(self, path: str, size_in_bytes: int) -> bytes | hdf5_reader.Rejection:
+        if size_in_bytes > self._max_file_bytes:
+            return hdf5_reader.Rejection(
+                path, hdf5_reader.track_id_from_path(path), "file_too_large",
+                f"{size_in_bytes} bytes is over --max_file_bytes={self._max_file_bytes}",
+                level="file")
+        try:
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+                return handle.read()
+        except Exception as error:  # a file deleted or unreadable since it was matched
+            return hdf5_reader.Rejection(
+                path, hdf5_reader.track_id_from_path(path), "unreadable_file",
+                f"could not read the file ({type(error).__name__}: {error})", level="file")
+
+    def process(self, matched_file: tuple[str, int]) -> Iterator:
+        path, size_in_bytes = matched_file
+        self._files_matched.inc()
+        data = self._read(path, size_in_bytes)
+        if isinstance(data, hdf5_reader.Rejection):
+            self._files_rejected.inc()
+            yield self._reject(data)
+            return
+        self._bytes_read.inc(len(data))
+        songs = 0
+        file_parsed = True
+        for record in hdf5_reader.parse_msd_file(data, path, self._min_segments,
+                                                 self._max_segments):
+            if isinstance(record, hdf5_reader.Song):
+                songs += 1
+                self._songs_seen.inc()
+                yield record
+            elif record.level == "file":
+                file_parsed = False
+                yield self._reject(record)
+            else:
+                self._songs_seen.inc()
+                self._songs_rejected.inc()
+                yield self._reject(record)
+        (self._files_parsed if file_parsed else self._files_rejected).inc()
+        self._progress.update(songs)
+
+
+class ReadMsdSongs(beam.PTransform):
+    """File patterns → (songs, rejections): matches, de-duplicates and spreads files, parses."""
+
+    def __init__(self, patterns: Sequence[str], min_segments: int = hdf5_reader.DEFAULT_MIN_SEGMENTS,
+                 max_segments: int = hdf5_reader.DEFAULT_MAX_SEGMENTS,
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES):
+        super().__init__()
+        self._patterns = list(patterns)
+        self._parse_fn = ParseMsdFileFn(min_segments, max_segments, max_file_bytes)
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "Patterns" >> beam.Create(self._patterns)
+            | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
+            | "PathAndSize" >> beam.Map(lambda metadata: (metadata.path, metadata.size_in_bytes))
+            # Overlapping patterns must not read a file twice; the grouping also spreads the
+            # files over the workers.
+            | "DistinctFiles" >> beam.Distinct()
+            | "Parse" >> beam.ParDo(self._parse_fn).with_outputs(REJECTED, main=SONGS))
