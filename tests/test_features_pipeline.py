@@ -1,0 +1,193 @@
+"""The feature pipeline: reading transforms, the whole job on the DirectRunner, Dataflow offline."""
+import csv
+import glob
+import gzip
+import json
+import os
+
+import apache_beam as beam
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import tensorflow as tf
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from unittest import mock
+
+from pipelines import config as config_lib
+from pipelines import features
+from transforms import read_msd
+from tests.test_timbre import independent_statistics
+
+REAL_TRACK_IDS = ["TRAAABD128F429CF47", "TRAXLZU12903D05F94", "TRBDBKZ128F425D023",
+                  "TRBDETQ128F14B0CDD", "TRBDMAU128F935960B", "TRBDSDF12903CAF042",
+                  "TRBDZVP12903CC0089"]
+
+
+def test_read_msd_songs_on_real_files(real_msd_dir, invalid_msd_dir):
+    with TestPipeline() as pipeline:
+        parsed = pipeline | read_msd.ReadMsdSongs(
+            [read_msd.expand_input(str(real_msd_dir)), read_msd.expand_input(str(invalid_msd_dir)),
+             str(real_msd_dir / "A" / "**.h5")])  # overlaps the first pattern: read once
+        assert_that(parsed[read_msd.SONGS] | beam.Map(lambda song: song.track_id),
+                    equal_to(REAL_TRACK_IDS), label="songs")
+        assert_that(parsed[read_msd.REJECTED] | beam.Map(lambda r: (r.track_id, r.reason, r.level)),
+                    equal_to([("TRBDXOD128F422C47B", "too_few_segments", "song"),
+                              ("TRAXLZU12903D05F94", "not_msd_file", "file"),
+                              ("TRAAAAW128F429D538", "not_msd_file", "file")]), label="rejected")
+
+
+def test_files_over_the_size_limit_are_rejected_unread(real_msd_dir):
+    with TestPipeline() as pipeline:
+        parsed = pipeline | read_msd.ReadMsdSongs([str(real_msd_dir / "A/**.h5")],
+                                                  max_file_bytes=100)
+        assert_that(parsed[read_msd.SONGS], equal_to([]), label="songs")
+        assert_that(parsed[read_msd.REJECTED] | beam.Map(lambda r: r.reason),
+                    equal_to(["file_too_large", "file_too_large"]), label="rejected")
+
+
+def test_expand_input_turns_folders_into_recursive_patterns(tmp_path):
+    assert read_msd.expand_input(str(tmp_path)) == f"{tmp_path}/**.h5"
+    assert read_msd.expand_input("gs://bucket/msd/data/") == "gs://bucket/msd/data/**.h5"
+    assert read_msd.expand_input("gs://bucket/msd/*/A/*.h5") == "gs://bucket/msd/*/A/*.h5"
+    assert read_msd.expand_input("/x/TRA.h5") == "/x/TRA.h5"
+
+
+def read_outputs(output_dir):
+    examples = []
+    for path in sorted(glob.glob(f"{output_dir}/features/part-*.tfrecord.gz")):
+        for record in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+            examples.append(tf.train.Example.FromString(record.numpy()))
+    csv_rows = []
+    for path in sorted(glob.glob(f"{output_dir}/csv/part-*.csv")):
+        with open(path) as handle:
+            reader = csv.reader(handle)
+            header = next(reader)
+            csv_rows.extend(reader)
+    songs = pq.read_table(f"{output_dir}/songs").to_pylist()
+    rejected = [json.loads(line) for path in glob.glob(f"{output_dir}/rejected/part-*.jsonl")
+                for line in open(path)]
+    with open(f"{output_dir}/run_summary.json") as handle:
+        summary = json.load(handle)
+    return examples, header, csv_rows, songs, rejected, summary
+
+
+def feature(example, name):
+    value = example.features.feature[name]
+    kind = value.WhichOneof("kind")
+    values = list(getattr(value, kind).value)
+    return values[0].decode() if kind == "bytes_list" else values
+
+
+def test_whole_job_on_real_and_invalid_files(real_msd_dir, invalid_msd_dir, tmp_path):
+    output_dir = tmp_path / "out"
+    summary = features.run(["--input", str(real_msd_dir), "--input", str(invalid_msd_dir),
+                            "--output_dir", str(output_dir)])
+    examples, header, csv_rows, songs, rejected, on_disk = read_outputs(output_dir)
+    assert on_disk == summary
+    assert (summary["files_matched"], summary["files_parsed"], summary["files_rejected"]) == (10, 8, 2)
+    assert (summary["songs_seen"], summary["songs_written"], summary["songs_rejected"]) == (8, 7, 1)
+    assert summary["rejected_by_reason"] == {"not_msd_file": 2, "too_few_segments": 1}
+    assert summary["files_reconcile"] and summary["songs_reconcile"]
+
+    assert sorted(feature(e, "track_id") for e in examples) == REAL_TRACK_IDS
+    assert header == ["track_id", "song_id"] + [f"f{i:02d}" for i in range(90)]
+    assert sorted(row[0] for row in csv_rows) == REAL_TRACK_IDS
+    assert sorted(song["track_id"] for song in songs) == REAL_TRACK_IDS
+    assert sorted(r["path"].rsplit("/", 1)[1] for r in rejected) == [
+        "TRBDXOD128F422C47B.h5", "empty_hdf5_TRAXLZU12903D05F94.h5",
+        "random_floats_TRAAAAW128F429D538.h5"]
+    assert all(r["reason"] and r["detail"] for r in rejected)
+
+    rick = next(e for e in examples if feature(e, "track_id") == "TRAXLZU12903D05F94")
+    assert (feature(rick, "song_id"), feature(rick, "artist_name"), feature(rick, "title"),
+            feature(rick, "year")) == ("SOCWJDB12A58A776AF", "Rick Astley",
+                                       "Never Gonna Give You Up", [1987])
+    import h5py
+    with h5py.File(real_msd_dir / "A/X/L/TRAXLZU12903D05F94.h5") as h5:
+        expected_raw = independent_statistics(h5["analysis/segments_timbre"][()])
+    np.testing.assert_allclose(feature(rick, "raw_features"), expected_raw, rtol=1e-6)
+    np.testing.assert_allclose(feature(rick, "features"),
+                               expected_raw / np.linalg.norm(expected_raw), rtol=1e-5, atol=1e-7)
+
+    by_track = {feature(e, "track_id"): np.array(feature(e, "features"), np.float32)
+                for e in examples}
+    for row in csv_rows:  # the CSV holds the very same float32 values
+        np.testing.assert_array_equal(np.array(row[2:], np.float32), by_track[row[0]])
+        assert by_track[row[0]].dtype == np.float32
+    norms = np.linalg.norm(np.stack(list(by_track.values())), axis=1)
+    np.testing.assert_allclose(norms, 1.0, rtol=1e-6)
+    assert os.path.exists(output_dir / "transform_fn" / "saved_model.pb")
+    assert os.path.exists(output_dir / "transformed_metadata" / "schema.pbtxt")
+    assert not os.path.exists(output_dir / "tft_tmp")
+
+
+def test_a_pattern_matching_nothing_stops_the_job_naming_it(real_msd_dir, tmp_path):
+    missing = str(tmp_path / "nowhere" / "*.h5")
+    with pytest.raises(SystemExit, match="no file matches .*nowhere"):
+        features.run(["--input", str(real_msd_dir), "--input", missing,
+                      "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_earlier_run_is_only_replaced_with_overwrite(real_msd_dir, tmp_path):
+    args = ["--input", str(real_msd_dir / "A"), "--output_dir", str(tmp_path / "out")]
+    assert features.run(args)["songs_written"] == 2
+    with pytest.raises(SystemExit, match="--overwrite"):
+        features.run(args)
+    assert features.run(args + ["--overwrite"])["songs_written"] == 2
+    assert len(read_outputs(tmp_path / "out")[0]) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "--input is required"),
+    (["--input", "x", "--min_segments", "1"], "--min_segments must be at least 2"),
+])
+def test_bad_options_are_explained(args, message):
+    with pytest.raises(SystemExit, match=message):
+        features.run(args + ["--output_dir", "/tmp/unused"])
+
+
+def test_config_file_values_are_overridden_by_explicit_flags(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("runner: DirectRunner\nmin_segments: 20\ninput: [a, b]\nno_auth: true\n")
+    argv = config_lib.expand_config(["--config", str(config), "--min_segments=30"])
+    options = features.PipelineOptions(argv).view_as(features.FeaturesOptions)
+    assert (options.min_segments, options.input) == (30, ["a", "b"])
+    assert "--no_auth" in argv and "--runner=DirectRunner" in argv
+    with pytest.raises(config_lib.ConfigError, match="cannot read --config"):
+        config_lib.expand_config(["--config", str(tmp_path / "missing.yaml")])
+
+
+def build_dataflow_job(extra_args):
+    """Runs the launcher with --dry_run and returns the Dataflow job it built (not submitted)."""
+    built = {}
+    real_run = beam.Pipeline.run
+
+    def run_and_keep(pipeline, *args, **kwargs):
+        built["result"] = real_run(pipeline, *args, **kwargs)
+        return built["result"]
+
+    with mock.patch.object(beam.Pipeline, "run", run_and_keep):
+        assert features.run(extra_args + [
+            "--project=my-project", "--region=us-central1",
+            "--temp_location=gs://my-bucket/tmp", "--staging_location=gs://my-bucket/staging",
+            "--dry_run=True", "--no_auth", "--sdk_location=container"]) is None
+    return built["result"].job
+
+
+def test_dataflow_job_graph_builds_offline():
+    job = build_dataflow_job(["--config", "configs/dataflow_cpu.yaml",
+                              "--input", "gs://my-bucket/msd/data/", "--output_dir",
+                              "gs://my-bucket/features", "--normalization", "zscore_l2"])
+    names = {t.unique_name for t in job.proto_pipeline.components.transforms.values()}
+    for expected in ["ReadMsd/Match", "ReadMsd/DistinctFiles", "ReadMsd/Parse", "Normalise",
+                     "WriteTransformFn", "Write/WriteTFRecord", "Write/WriteCsv",
+                     "Write/WriteSongs", "DeadLetter/WriteRejected"]:
+        assert expected in names
+    patterns = [t for t in job.proto_pipeline.components.transforms.values()
+                if t.unique_name == "ReadMsd/Patterns"]
+    assert patterns
+    assert job.proto.type == 1  # JOB_TYPE_BATCH
+    options = job.options.get_all_options()
+    assert options["setup_file"] == "./setup.py" and options["project"] == "my-project"

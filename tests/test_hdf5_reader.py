@@ -1,0 +1,169 @@
+import io
+
+import h5py
+import numpy as np
+import pytest
+
+from msd import hdf5_reader
+from tests.test_timbre import independent_statistics
+
+RICK_ASTLEY = "A/X/L/TRAXLZU12903D05F94.h5"
+
+
+def parse_path(path, **kwargs):
+    return list(hdf5_reader.parse_msd_file(path.read_bytes(), str(path), **kwargs))
+
+
+def test_real_files_give_their_ids_and_metadata(real_msd_dir):
+    records = {}
+    for path in sorted(real_msd_dir.rglob("*.h5")):
+        (record,) = parse_path(path)
+        records[path.stem] = record
+    assert len(records) == 8
+    rick = records["TRAXLZU12903D05F94"]
+    assert (rick.track_id, rick.song_id, rick.artist_name, rick.title, rick.release, rick.year) == (
+        "TRAXLZU12903D05F94", "SOCWJDB12A58A776AF", "Rick Astley", "Never Gonna Give You Up",
+        "Big Tunes - Back 2 The 80s", 1987)
+    assert rick.duration == pytest.approx(211.69587) and rick.num_segments == 935
+    soul_deep = records["TRAAABD128F429CF47"]
+    assert (soul_deep.artist_name, soul_deep.title, soul_deep.year) == (
+        "The Box Tops", "Soul Deep", 1969)
+    assert records["TRBDBKZ128F425D023"].num_segments == 11  # just above the minimum of 10
+    songs = [r for r in records.values() if isinstance(r, hdf5_reader.Song)]
+    assert all(song.track_id == stem for stem, song in records.items() if song in songs)
+    assert len(songs) == 7
+
+
+def test_the_five_segment_song_is_rejected_with_a_reason(real_msd_dir):
+    (record,) = parse_path(real_msd_dir / "B/D/X/TRBDXOD128F422C47B.h5")
+    assert isinstance(record, hdf5_reader.Rejection)
+    assert (record.track_id, record.reason, record.level) == (
+        "TRBDXOD128F422C47B", "too_few_segments", "song")
+    assert "5 segments" in record.detail
+
+
+def test_statistics_of_a_real_file_match_numpy_on_its_timbre(real_msd_dir):
+    path = real_msd_dir / RICK_ASTLEY
+    with h5py.File(path, "r") as h5:
+        expected = independent_statistics(h5["analysis/segments_timbre"][()])
+    (song,) = parse_path(path)
+    np.testing.assert_allclose(song.raw_features, expected, rtol=1e-10)
+
+
+def test_invalid_real_files_are_file_level_rejections(invalid_msd_dir):
+    for path in sorted(invalid_msd_dir.glob("*.h5")):
+        (record,) = parse_path(path)
+        assert isinstance(record, hdf5_reader.Rejection) and record.level == "file"
+        assert record.reason == "not_msd_file" and "analysis/songs" in record.detail
+
+
+def write_aggregate(paths, starts_override=None) -> bytes:
+    """An aggregate file built from real single-song files, as the MSD's own tools lay it out."""
+    analysis, metadata, musicbrainz, timbres = [], [], [], []
+    for path in paths:
+        with h5py.File(path, "r") as h5:
+            analysis.append(h5["analysis/songs"][()])
+            metadata.append(h5["metadata/songs"][()])
+            musicbrainz.append(h5["musicbrainz/songs"][()])
+            timbres.append(h5["analysis/segments_timbre"][()])
+    analysis = np.concatenate(analysis)
+    analysis["idx_segments_timbre"] = np.cumsum([0] + [len(t) for t in timbres[:-1]])
+    if starts_override is not None:
+        analysis["idx_segments_timbre"] = starts_override
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
+        h5["analysis/songs"] = analysis
+        h5["metadata/songs"] = np.concatenate(metadata)
+        h5["musicbrainz/songs"] = np.concatenate(musicbrainz)
+        h5["analysis/segments_timbre"] = np.concatenate(timbres)
+    return buffer.getvalue()
+
+
+def test_aggregate_file_slices_each_song_by_idx_segments_timbre(real_msd_dir):
+    paths = sorted(real_msd_dir.rglob("*.h5"))
+    singles = {r.track_id: r for path in paths for r in parse_path(path)}
+    records = list(hdf5_reader.parse_msd_file(write_aggregate(paths), "agg.h5"))
+    assert [r.track_id for r in records] == [p.stem for p in paths]
+    for record in records:
+        single = singles[record.track_id]
+        assert type(record) is type(single)
+        if isinstance(record, hdf5_reader.Song):
+            np.testing.assert_array_equal(record.raw_features, single.raw_features)
+            assert (record.song_id, record.title, record.num_segments) == (
+                single.song_id, single.title, single.num_segments)
+        else:
+            assert record.reason == single.reason
+
+
+def test_aggregate_file_with_bad_indices_rejects_those_songs_only(real_msd_dir):
+    paths = sorted(real_msd_dir.rglob("*.h5"))[:3]
+    with h5py.File(paths[0], "r") as first:
+        n0 = first["analysis/segments_timbre"].shape[0]
+    # song 1 starts before song 0 ends and then song 2 starts before song 1: decreasing.
+    data = write_aggregate(paths, starts_override=[0, n0 + 50, n0 + 10])
+    records = list(hdf5_reader.parse_msd_file(data, "agg.h5"))
+    assert isinstance(records[0], hdf5_reader.Song)
+    assert records[1].reason == "bad_segment_index" and isinstance(records[2], hdf5_reader.Song)
+    out_of_range = write_aggregate(paths, starts_override=[0, 10, 10 ** 7])
+    assert [getattr(r, "reason", None) for r in
+            hdf5_reader.parse_msd_file(out_of_range, "agg.h5")][1:] == [
+        "bad_segment_index", "bad_segment_index"]
+
+
+def real_bytes(real_msd_dir) -> bytes:
+    return (real_msd_dir / RICK_ASTLEY).read_bytes()
+
+
+@pytest.mark.parametrize("make_bytes, reason", [
+    (lambda real: b"", "empty_file"),
+    (lambda real: real[: len(real) // 100], "not_hdf5"),
+    (lambda real: real[: len(real) // 2], None),
+    (lambda real: real[: len(real) * 99 // 100], None),
+    (lambda real: np.random.default_rng(0).bytes(50_000), "not_hdf5"),
+])
+def test_broken_bytes_become_one_file_rejection(real_msd_dir, make_bytes, reason):
+    records = list(hdf5_reader.parse_msd_file(make_bytes(real_bytes(real_msd_dir)),
+                                              "x/TRAXLZU12903D05F94.h5"))
+    assert len(records) == 1 and isinstance(records[0], hdf5_reader.Rejection)
+    assert records[0].level == "file" and records[0].track_id == "TRAXLZU12903D05F94"
+    if reason:
+        assert records[0].reason == reason
+    assert records[0].detail
+
+
+def replaced_timbre(real_msd_dir, timbre) -> bytes:
+    buffer = io.BytesIO(real_bytes(real_msd_dir))
+    with h5py.File(buffer, "r+") as h5:
+        del h5["analysis/segments_timbre"]
+        h5["analysis/segments_timbre"] = timbre
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("timbre, reason", [
+    (np.ones((935, 11)), "bad_timbre_shape"),
+    (np.ones((935, 13)), "bad_timbre_shape"),
+    (np.ones(935 * 12), "bad_timbre_shape"),
+    (np.ones((935, 12), dtype=np.int32), "bad_timbre_dtype"),
+])
+def test_wrong_timbre_datasets_are_rejected(real_msd_dir, timbre, reason):
+    (record,) = hdf5_reader.parse_msd_file(replaced_timbre(real_msd_dir, timbre), "t.h5")
+    assert record.reason == reason
+
+
+def test_nan_timbre_and_all_zero_timbre_are_song_rejections(real_msd_dir):
+    nan_timbre = np.ones((935, 12))
+    nan_timbre[3, 4] = np.nan
+    (record,) = hdf5_reader.parse_msd_file(replaced_timbre(real_msd_dir, nan_timbre), "t.h5")
+    assert (record.reason, record.level) == ("non_finite_timbre", "song")
+    (record,) = hdf5_reader.parse_msd_file(replaced_timbre(real_msd_dir, np.zeros((935, 12))), "t.h5")
+    assert record.reason == "zero_features"
+
+
+def test_more_segments_than_the_cap_are_refused_before_reading(real_msd_dir):
+    (record,) = hdf5_reader.parse_msd_file(real_bytes(real_msd_dir), "t.h5", max_segments=900)
+    assert (record.reason, record.level) == ("too_many_segments", "file")
+
+
+def test_min_segments_is_a_parameter(real_msd_dir):
+    (record,) = parse_path(real_msd_dir / "B/D/X/TRBDXOD128F422C47B.h5", min_segments=5)
+    assert isinstance(record, hdf5_reader.Song) and record.num_segments == 5
