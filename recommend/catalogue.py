@@ -1,0 +1,122 @@
+"""Loads the song catalogue (ids + normalised feature rows) from the feature pipeline's output.
+
+Accepted ``--features`` values: the feature pipeline's ``--output_dir`` (its TFRecord shards are
+used), or a file pattern of its TFRecord (``*.tfrecord.gz``) or CSV (``*.csv``) shards, local or
+gs://. Rows are sorted by track id so that row numbers are the same in every process.
+"""
+import dataclasses
+import io
+import logging
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+from apache_beam.io.filesystems import FileSystems
+
+
+class CatalogueError(ValueError):
+    """The feature files cannot be used as a catalogue; the message says which and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Catalogue:
+    """Songs as rows: ``features[i]`` is the L2-normalised vector of ``track_ids[i]``."""
+    track_ids: np.ndarray  # str objects, sorted
+    song_ids: np.ndarray   # str objects, parallel to track_ids
+    features: np.ndarray   # float32 [N, d]
+
+    def __len__(self) -> int:
+        return len(self.track_ids)
+
+    def row_of_track(self) -> dict[str, int]:
+        return {track_id: row for row, track_id in enumerate(self.track_ids)}
+
+    def rows_of_song(self) -> dict[str, int]:
+        """song_id → row of its first track (track ids sorted), for joins on song id."""
+        rows: dict[str, int] = {}
+        for row, song_id in enumerate(self.song_ids):
+            rows.setdefault(song_id, row)
+        return rows
+
+
+def feature_files(features: str) -> tuple[list[str], str]:
+    """The shard paths behind ``--features`` and their format ("tfrecord" or "csv")."""
+    base = features.rstrip("/")
+    if not any(char in base for char in "*?[") and not base.endswith((".gz", ".csv")):
+        base = FileSystems.join(base, "features", "part-*.tfrecord.gz")
+    paths = sorted(m.path for m in FileSystems.match([base])[0].metadata_list)
+    if not paths:
+        raise CatalogueError(f"no feature files match {base}")
+    formats = {"csv" if path.endswith(".csv") else "tfrecord" for path in paths}
+    if len(formats) > 1:
+        raise CatalogueError(f"{base} matches both CSV and TFRecord files; pick one format")
+    return paths, formats.pop()
+
+
+def _read_tfrecords(paths: Sequence[str]) -> tuple[list[str], list[str], np.ndarray]:
+    import tensorflow as tf  # only this format needs TensorFlow
+
+    spec = {"track_id": tf.io.FixedLenFeature([], tf.string),
+            "song_id": tf.io.FixedLenFeature([], tf.string),
+            "features": tf.io.RaggedFeature(tf.float32)}
+    track_ids, song_ids, rows = [], [], []
+    dataset = tf.data.TFRecordDataset(list(paths), compression_type="GZIP").batch(8192)
+    try:
+        for serialized in dataset:
+            parsed = tf.io.parse_example(serialized, spec)
+            widths = set(parsed["features"].row_lengths().numpy().tolist())
+            if len(widths) != 1:
+                raise CatalogueError(f"feature vectors of different lengths {sorted(widths)} in "
+                                     f"the files starting with {paths[0]}")
+            dense = parsed["features"].to_tensor().numpy()
+            track_ids.extend(t.decode() for t in parsed["track_id"].numpy())
+            song_ids.extend(s.decode() for s in parsed["song_id"].numpy())
+            rows.append(dense)
+    except tf.errors.OpError as error:
+        raise CatalogueError(f"cannot read the TFRecord feature files: {error.message}") from error
+    return track_ids, song_ids, np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
+
+
+def _read_csvs(paths: Sequence[str]) -> tuple[list[str], list[str], np.ndarray]:
+    track_ids, song_ids, rows = [], [], []
+    for path in paths:
+        with FileSystems.open(path) as handle:
+            data = handle.read()
+        try:
+            table = pa_csv.read_csv(io.BytesIO(data), convert_options=pa_csv.ConvertOptions(
+                column_types={"track_id": pa.string(), "song_id": pa.string()}))
+        except pa.ArrowInvalid as error:
+            raise CatalogueError(f"{path}: not a feature CSV ({error})") from error
+        names = table.column_names
+        if names[:2] != ["track_id", "song_id"] or len(names) < 3:
+            raise CatalogueError(f"{path}: header must be track_id,song_id,f00,…; got {names[:3]}")
+        track_ids.extend(table.column("track_id").to_pylist())
+        song_ids.extend(table.column("song_id").to_pylist())
+        rows.append(np.stack([table.column(name).to_numpy().astype(np.float32)
+                              for name in names[2:]], axis=1))
+    return track_ids, song_ids, np.concatenate(rows)
+
+
+def load_catalogue(features: str) -> Catalogue:
+    """Reads every shard, checks the rows and returns them sorted by track id.
+
+    A track id appearing twice keeps its first row in sorted-shard order; that is reported.
+    """
+    paths, file_format = feature_files(features)
+    reader = _read_tfrecords if file_format == "tfrecord" else _read_csvs
+    track_ids, song_ids, matrix = reader(paths)
+    if not track_ids:
+        raise CatalogueError(f"the feature files under {features} hold no songs")
+    if not np.isfinite(matrix).all():
+        raise CatalogueError(f"the feature files under {features} hold NaN/Inf values")
+    track_array = np.array(track_ids, dtype=object)
+    order = np.argsort(track_array, kind="stable")
+    unique_tracks, first = np.unique(track_array[order], return_index=True)
+    if len(unique_tracks) != len(track_array):
+        duplicates = len(track_array) - len(unique_tracks)
+        logging.warning("catalogue: %d duplicate track ids in %s; the first row of each is kept",
+                        duplicates, features)
+    keep = order[first]
+    return Catalogue(track_ids=track_array[keep], song_ids=np.array(song_ids, dtype=object)[keep],
+                     features=np.ascontiguousarray(matrix[keep], dtype=np.float32))
