@@ -1,0 +1,378 @@
+"""``python -m pipelines.recommend``: listening data → user histories → exact top-k
+recommendations against the whole catalogue → BigQuery (a day partition) or local Parquet.
+
+    python -m pipelines.recommend --features out/features --listens listens.txt \\
+        --output out/recommendations --k 500
+    python -m pipelines.recommend --config configs/dataflow_gpu.yaml --features gs://b/features \\
+        --listens gs://b/train_triplets.txt --output my-project:music.recommendations
+
+Besides the rows, a run writes to --report_dir (default ``<output>/_reports/run_date=D/``):
+``rejected/`` (JSON lines: every listen, side-file line or user not used, with the reason) and
+``run_summary.json`` (counts that reconcile, k, model, timings).
+"""
+import argparse
+import datetime
+import json
+import logging
+import sys
+import time
+from typing import Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
+                                                  TestOptions)
+
+from msd import listening
+from pipelines import config as config_lib
+from recommend import catalogue as catalogue_lib
+from transforms import listens as listens_lib
+from transforms import scoring
+from transforms import write_recommendations as writers
+
+SUMMARY_FILE = "run_summary.json"
+
+
+class RecommendOptions(PipelineOptions):
+    """Options of the recommendation job (Beam's own options pass through)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--features", help="The feature pipeline's --output_dir, or a pattern "
+                            "of its TFRecord (*.tfrecord.gz) or CSV (*.csv) shards; local or gs://.")
+        parser.add_argument("--listens", action="append", default=None,
+                            help="Listening files: Taste Profile triplets user<TAB>song<TAB>count "
+                            "or CSV user_id,song_id,listen_count. Repeat for several.")
+        parser.add_argument("--output", help="PROJECT:DATASET.TABLE or bq://PROJECT.DATASET.TABLE "
+                            "for BigQuery; otherwise a folder (local or gs://) for Parquet.")
+        parser.add_argument("--song_to_tracks", default=None,
+                            help="taste_profile_song_to_tracks.txt; without it songs are joined "
+                            "on the song_id carried in the features.")
+        parser.add_argument("--mismatches", default=None,
+                            help="sid_mismatches.txt: song–track pairs to drop.")
+        parser.add_argument("--users", default=None,
+                            help="One user id per line (e.g. kaggle_users.txt): only these users.")
+        parser.add_argument("--k", type=int, default=500, help="Recommendations per user.")
+        parser.add_argument("--weighting", default="none", choices=["none", "log_count"],
+                            help="Listen weights in the profile sum: none, or log(1+play_count).")
+        parser.add_argument("--run_date", default=None,
+                            help="The partition this run writes (default: today, UTC).")
+        parser.add_argument("--model", default="timbre_cosine",
+                            help="A model name recorded with every row.")
+        parser.add_argument("--fallback", default="popularity", choices=["popularity", "none"],
+                            help="Users with no known song: most-listened songs (marked in "
+                            "model), or none (dead-letter).")
+        parser.add_argument("--accelerator", default=None,
+                            help="A Dataflow accelerator for the scoring step only, e.g. "
+                            "type:nvidia-l4;count:1;install-nvidia-driver.")
+        parser.add_argument("--batch_size", type=int, default=256,
+                            help="Users scored together (one matrix product per batch).")
+        parser.add_argument("--max_play_count", type=int, default=listening.DEFAULT_MAX_PLAY_COUNT,
+                            help="Listens with a larger play count are rejected as corrupt.")
+        parser.add_argument("--report_dir", default=None,
+                            help="Where the dead letters and run summary go (default: "
+                            "<output>/_reports/run_date=D for Parquet; required for BigQuery "
+                            "unless --temp_location is set).")
+        parser.add_argument("--kaggle_submission", default=None,
+                            help="Also write the MSD Challenge submission file here (needs "
+                            "--kaggle_songs and --users).")
+        parser.add_argument("--kaggle_songs", default=None,
+                            help="kaggle_songs.txt: song id → 1-based index, for the submission.")
+        parser.add_argument("--num_shards", type=int, default=0,
+                            help="Parquet shards (0: let the runner decide).")
+
+    def validate_recommend_options(self) -> list[str]:
+        problems = []
+        for name in ("features", "listens", "output"):
+            if not getattr(self, name):
+                problems.append(f"--{name} is required")
+        if self.run_date:
+            try:
+                datetime.date.fromisoformat(self.run_date)
+            except ValueError:
+                problems.append(f"--run_date {self.run_date!r} is not a date YYYY-MM-DD")
+        if self.k < 1:
+            problems.append(f"--k must be at least 1, got {self.k}")
+        if self.batch_size < 1:
+            problems.append("--batch_size must be at least 1")
+        if self.kaggle_submission and not (self.kaggle_songs and self.users):
+            problems.append("--kaggle_submission needs --kaggle_songs and --users")
+        if self.output and writers.looks_like_bigquery(self.output):
+            try:
+                writers.parse_bigquery_table(self.output)
+            except ValueError as error:
+                problems.append(str(error))
+        return problems
+
+
+def _read_side_file(path: Optional[str], reader) -> tuple[object, list[listening.Rejection]]:
+    if not path:
+        return None, []
+    parsed = reader(path)
+    return parsed.data, parsed.rejections
+
+
+def song_index(features: str, song_to_tracks_path: Optional[str],
+               mismatches_path: Optional[str]) -> tuple[dict, set, dict, list]:
+    """Built on one worker: (song → track, songs lost to mismatches, track → song, rejections)."""
+    catalogue = catalogue_lib.load_catalogue(features)
+    pairs = list(zip(catalogue.track_ids.tolist(), catalogue.song_ids.tolist()))
+    song_to_tracks, rejected_a = _read_side_file(song_to_tracks_path, listening.read_song_to_tracks)
+    mismatches, rejected_b = _read_side_file(mismatches_path, listening.read_sid_mismatches)
+    track_of_song, mismatched = listens_lib.catalogue_song_tracks(pairs, song_to_tracks,
+                                                                  mismatches or set())
+    return track_of_song, mismatched, dict(pairs), rejected_a + rejected_b
+
+
+def _requested_users(path: str) -> tuple[list[str], list[listening.Rejection]]:
+    parsed = listening.read_kaggle_users(path)
+    return parsed.data, parsed.rejections
+
+
+def keep_requested(user_and_groups, fallback_counter=None):
+    """CoGroupByKey(histories, requested) → the requested users' histories (empty if none)."""
+    user_id, groups = user_and_groups
+    histories, requested = list(groups["histories"]), list(groups["requested"])
+    if not requested:
+        beam.metrics.Metrics.counter(listens_lib.METRICS_NAMESPACE, "users_not_requested").inc()
+        return
+    if histories:
+        yield histories[0]
+    else:
+        beam.metrics.Metrics.counter(listens_lib.METRICS_NAMESPACE,
+                                     "requested_users_without_listens").inc()
+        yield listens_lib.UserHistory(user_id, (), (), 0)
+
+
+def submission_lines(rows_by_user: dict[str, list[str]], users: Sequence[str],
+                     index_of_song: dict[str, int]) -> tuple[list[str], int, int]:
+    """MSD Challenge submission: one line per user in ``users`` order, 1-based song indices.
+
+    Returns the lines, the users without recommendations (empty line) and the recommended songs
+    missing from kaggle_songs (left out of their line).
+    """
+    lines, users_missing, songs_missing = [], 0, 0
+    for user_id in users:
+        song_ids = rows_by_user.get(user_id)
+        if song_ids is None:
+            users_missing += 1
+            lines.append("")
+            continue
+        indices = [index_of_song.get(song_id) for song_id in song_ids]
+        songs_missing += sum(index is None for index in indices)
+        lines.append(" ".join(str(index) for index in indices if index is not None))
+    return lines, users_missing, songs_missing
+
+
+def write_submission(rows_by_user: dict, users_path: str, kaggle_songs_path: str,
+                     output_path: str) -> dict:
+    users = listening.read_kaggle_users(users_path).data
+    index_of_song = listening.read_kaggle_songs(kaggle_songs_path).data
+    lines, users_missing, songs_missing = submission_lines(rows_by_user, users, index_of_song)
+    with FileSystems.create(output_path) as handle:
+        handle.write(("\n".join(lines) + "\n").encode("utf-8"))
+    return {"users": len(users), "users_without_recommendations": users_missing,
+            "songs_not_in_kaggle_songs": songs_missing}
+
+
+def build_pipeline(pipeline: beam.Pipeline, options: RecommendOptions, run_date: datetime.date,
+                   rows_destination: beam.PTransform, report_dir: str) -> None:
+    """Adds the whole recommendation job to ``pipeline``."""
+    context = scoring.RunContext(run_date=run_date, model=options.model, k=options.k)
+    index = (pipeline
+             | "Features" >> beam.Create([options.features])
+             | "SongIndex" >> beam.Map(song_index, options.song_to_tracks, options.mismatches))
+    track_of_song = index | "TrackOfSong" >> beam.Map(lambda i: i[0])
+    mismatched = index | "Mismatched" >> beam.Map(lambda i: i[1])
+    side_file_rejections = index | "SideFileRejections" >> beam.FlatMap(lambda i: i[3])
+
+    parsed = pipeline | "ReadListens" >> listens_lib.ReadListens(options.listens,
+                                                                 options.max_play_count)
+    histories, unresolved = parsed[listens_lib.LISTENS] | "Histories" >> listens_lib.GroupHistories(
+        track_of_song, mismatched)
+    rejections = [parsed[listens_lib.REJECTED], unresolved, side_file_rejections]
+
+    all_histories = histories
+    if options.users:
+        requested = (pipeline | "UsersFile" >> beam.Create([options.users])
+                     | "ReadUsers" >> beam.Map(_requested_users))
+        rejections.append(requested | "UsersRejections" >> beam.FlatMap(lambda r: r[1]))
+        requested_keys = requested | "UserKeys" >> beam.FlatMap(lambda r: [(u, True) for u in r[0]])
+        histories = (
+            {"histories": histories | "KeyHistory" >> beam.Map(lambda h: (h.user_id, h)),
+             "requested": requested_keys}
+            | "JoinRequested" >> beam.CoGroupByKey()
+            | "KeepRequested" >> beam.FlatMap(keep_requested))
+
+    known, without = histories | "HasKnownSong" >> beam.Partition(
+        lambda history, _: 0 if history.size else 1, 2)
+    handler = scoring.RecommenderModelHandler(
+        options.features, context, options.weighting, options.batch_size,
+        require_gpu=bool(options.accelerator))
+    scored = known | "Score" >> scoring.ScoreUsers(handler, options.accelerator)
+
+    popular = (all_histories
+               | "TracksOfUser" >> beam.FlatMap(lambda h: [(t, 1) for t in h.track_ids])
+               | "Listeners" >> beam.CombinePerKey(sum)
+               | "AllCounts" >> beam.combiners.ToList()
+               | "MostPopular" >> beam.Map(
+                   lambda counts, index: scoring.most_popular(counts, index[2], options.k),
+                   beam.pvalue.AsSingleton(index)))
+    fallback = without | "Fallback" >> beam.ParDo(
+        scoring.PopularityFallbackFn(context, options.fallback == "popularity"),
+        beam.pvalue.AsSingleton(popular)).with_outputs(scoring.REJECTED, main="rows")
+
+    rows = (scored[scoring.SCORED], fallback["rows"]) | "AllRows" >> beam.Flatten()
+    rejections += [scored[scoring.REJECTED], fallback[scoring.REJECTED]]
+    _ = rows | "WriteRows" >> rows_destination
+    _ = (rejections
+         | "AllRejections" >> beam.Flatten()
+         | "RejectionJson" >> beam.Map(
+             lambda r: json.dumps(r.to_json_dict(), ensure_ascii=False, sort_keys=True))
+         | "WriteRejected" >> beam.io.WriteToText(FileSystems.join(report_dir, "rejected", "part"),
+                                                  file_name_suffix=".jsonl"))
+    if options.kaggle_submission:
+        _ = (rows
+             | "SubmissionSongs" >> beam.Map(
+                 lambda row: (row["user_id"], [r["song_id"] for r in row["recommendations"]]))
+             | "AllUsers" >> beam.combiners.ToDict()
+             | "WriteSubmission" >> beam.Map(write_submission, options.users, options.kaggle_songs,
+                                             options.kaggle_submission))
+
+
+def _counters(result) -> dict[str, int]:
+    query = result.metrics().query(MetricsFilter().with_namespace(listens_lib.METRICS_NAMESPACE))
+    counters: dict[str, int] = {}
+    for counter in query["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        counters[counter.key.metric.name] = counters.get(counter.key.metric.name, 0) + value
+    return counters
+
+
+def run_summary(counters: dict[str, int], options: RecommendOptions, run_date: datetime.date,
+                output_location: str, seconds: float) -> dict:
+    """Counts that reconcile (listens and users), the run's parameters and its duration."""
+    get = lambda name: counters.get(name, 0)
+    by_prefix = lambda prefix: {n[len(prefix):]: v for n, v in sorted(counters.items())
+                                if n.startswith(prefix)}
+    listens_rejected = by_prefix("listens_rejected_")
+    users_rejected = by_prefix("users_rejected_")
+    listens_parsed = get("listens_parsed")
+    users_written = get("users_scored") + get("users_fallback")
+    return {
+        "job": "recommend",
+        "run_date": run_date.isoformat(),
+        "model": options.model,
+        "k": options.k,
+        "weighting": options.weighting,
+        "output": output_location,
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "duration_seconds": round(seconds, 3),
+        "listen_lines_read": get("listen_lines_read"),
+        "listen_lines_not_data": get("listen_lines_not_data"),
+        "listens_parsed": listens_parsed,
+        "listens_rejected": sum(listens_rejected.values()),
+        "listens_rejected_by_reason": listens_rejected,
+        "listens_used": get("listens_used"),
+        "listens_unknown_song": get("listens_unknown_song"),
+        "listens_mismatched": get("listens_mismatched"),
+        "users_scored": get("users_scored"),
+        "users_fallback": get("users_fallback"),
+        "users_rejected": sum(users_rejected.values()),
+        "users_rejected_by_reason": users_rejected,
+        "users_written": users_written,
+        "users_not_requested": get("users_not_requested"),
+        "requested_users_without_listens": get("requested_users_without_listens"),
+        "listens_reconcile": get("listen_lines_read") == (
+            get("listen_lines_not_data") + listens_parsed + sum(listens_rejected.values()))
+            and listens_parsed == (get("listens_used") + get("listens_unknown_song")
+                                   + get("listens_mismatched")),
+    }
+
+
+def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
+    """Runs the recommendation job; returns the run summary (None for a Dataflow dry run)."""
+    try:
+        argv = config_lib.expand_config(sys.argv[1:] if argv is None else argv)
+    except config_lib.ConfigError as error:
+        raise SystemExit(f"recommend: {error}")
+    options = PipelineOptions(argv)
+    recommend_options = options.view_as(RecommendOptions)
+    problems = recommend_options.validate_recommend_options()
+    if problems:
+        raise SystemExit("recommend: " + "; ".join(problems))
+    run_date = (datetime.date.fromisoformat(recommend_options.run_date)
+                if recommend_options.run_date
+                else datetime.datetime.now(datetime.timezone.utc).date())
+    dry_run = options.view_as(TestOptions).dry_run
+    temp_location = options.view_as(GoogleCloudOptions).temp_location
+    output = recommend_options.output
+
+    if writers.looks_like_bigquery(output):
+        table = writers.parse_bigquery_table(output)
+        destination = writers.WriteRecommendationsToBigQuery(table, run_date, temp_location)
+        report_dir = recommend_options.report_dir or (
+            temp_location and FileSystems.join(temp_location, "recommend_reports",
+                                               f"run_date={run_date.isoformat()}"))
+        if not report_dir:
+            raise SystemExit("recommend: --report_dir (or --temp_location) is required with a "
+                             "BigQuery --output")
+        staging = None
+        output_location = table.partition_spec(run_date)
+    else:
+        staging = writers.staging_dir(output, run_date)
+        destination = writers.WriteRecommendationsToParquet(staging, recommend_options.num_shards)
+        report_dir = recommend_options.report_dir or FileSystems.join(
+            output.rstrip("/"), "_reports", f"run_date={run_date.isoformat()}")
+        output_location = writers.partition_dir(output, run_date)
+
+    if not dry_run:
+        _check_inputs_exist(recommend_options)
+        if FileSystems.exists(report_dir):
+            FileSystems.delete([report_dir])  # a rerun of this date replaces its reports too
+
+    started = time.monotonic()
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, recommend_options, run_date, destination, report_dir)
+    result = pipeline.run()
+    result.wait_until_finish()
+    if dry_run:
+        logging.info("recommend: dry run, the job was built and not submitted")
+        return None
+    if staging:
+        writers.publish_parquet_partition(staging, output, run_date)
+    summary = run_summary(_counters(result), recommend_options, run_date, output_location,
+                          time.monotonic() - started)
+    with FileSystems.create(FileSystems.join(report_dir, SUMMARY_FILE)) as handle:
+        handle.write(json.dumps(summary, indent=2, sort_keys=True).encode("utf-8"))
+    summary["report_dir"] = report_dir
+    return summary
+
+
+def _check_inputs_exist(options: RecommendOptions) -> None:
+    """Fails before the job starts when an input matches nothing, naming it."""
+    try:
+        catalogue_lib.feature_files(options.features)
+    except catalogue_lib.CatalogueError as error:
+        raise SystemExit(f"recommend: --features: {error}")
+    for flag in ("listens", "song_to_tracks", "mismatches", "users", "kaggle_songs"):
+        values = getattr(options, flag)
+        for pattern in ([values] if isinstance(values, str) else values or []):
+            if not FileSystems.match([pattern])[0].metadata_list:
+                raise SystemExit(f"recommend: --{flag}: no file matches {pattern}")
+
+
+def main() -> None:
+    logging.getLogger().setLevel(logging.INFO)
+    summary = run()
+    if summary:
+        print(f"recommend: {summary['users_written']} users written ({summary['users_scored']} "
+              f"scored, {summary['users_fallback']} by popularity), {summary['users_rejected']} "
+              f"users and {summary['listens_rejected'] + summary['listens_unknown_song'] + summary['listens_mismatched']} "
+              f"listens rejected, in {summary['duration_seconds']:.1f} s → {summary['output']}; "
+              f"report: {summary['report_dir']}")
+
+
+if __name__ == "__main__":
+    main()

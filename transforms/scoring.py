@@ -1,0 +1,160 @@
+"""Scoring users with RunInference: a ModelHandler whose model is the catalogue + TF kernel,
+plus the popularity fallback for users with no known song.
+"""
+import dataclasses
+import datetime
+from typing import Any, Iterable, Iterator, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
+
+from msd import listening
+from recommend.model import CatalogueRecommender
+from transforms.listens import METRICS_NAMESPACE, UserHistory
+
+SCORED = "scored"
+REJECTED = "rejected"
+
+
+def _counter(name: str):
+    return beam.metrics.Metrics.counter(METRICS_NAMESPACE, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+    """What every output row records about the run."""
+    run_date: datetime.date
+    model: str
+    k: int
+
+
+def recommendation_row(history: UserHistory, recommendations: Sequence[tuple[str, str, float]],
+                       model: str, run_date: datetime.date) -> dict:
+    """One output row (DESIGN.md schema); rank 1 is the best."""
+    return {
+        "user_id": history.user_id,
+        "run_date": run_date,
+        "model": model,
+        "history_size": history.size,
+        "recommendations": [
+            {"rank": rank, "song_id": song_id, "track_id": track_id, "score": score}
+            for rank, (track_id, song_id, score) in enumerate(recommendations, 1)],
+    }
+
+
+def user_rejection(history: UserHistory, reason: str, detail: str) -> listening.Rejection:
+    return listening.Rejection(reason=reason, detail=detail, raw=history.user_id)
+
+
+class RecommenderModelHandler(ModelHandler[UserHistory, Any, CatalogueRecommender]):
+    """RunInference handler: loads the catalogue + kernel once per worker and shares it across
+    the worker's processes (a 1M-song catalogue is 360 MB: one copy, not one per thread)."""
+
+    def __init__(self, features: str, context: RunContext, weighting: str = "none",
+                 batch_size: int = 256, require_gpu: bool = False):
+        super().__init__()
+        self._features = features
+        self._context = context
+        self._weighting = weighting
+        self._batch_size = batch_size
+        self._require_gpu = require_gpu
+
+    def load_model(self) -> CatalogueRecommender:
+        return CatalogueRecommender.from_features(self._features, self._require_gpu)
+
+    def run_inference(self, batch: Sequence[UserHistory], model: CatalogueRecommender,
+                      inference_args: Optional[dict] = None) -> Iterable[PredictionResult]:
+        k = self._context.k
+        num_songs = model.num_songs()
+        scorable = [h for h in batch if num_songs - h.size >= k]
+        results = iter(model.recommend([h.track_ids for h in scorable],
+                                       [h.play_counts for h in scorable], k, self._weighting)
+                       if scorable else [])
+        for history in batch:
+            if num_songs - history.size < k:
+                yield PredictionResult(history, user_rejection(
+                    history, "too_few_unlistened_songs",
+                    f"the user listened to {history.size} of the {num_songs} catalogue songs, "
+                    f"leaving fewer than k={k} to recommend"))
+            else:
+                yield PredictionResult(history, recommendation_row(
+                    history, next(results), self._context.model, self._context.run_date))
+
+    def share_model_across_processes(self) -> bool:
+        return True
+
+    def batch_elements_kwargs(self) -> dict:
+        return {"min_batch_size": 1, "max_batch_size": self._batch_size}
+
+    def get_num_bytes(self, batch: Sequence[UserHistory]) -> int:
+        return sum(48 * h.size + 64 for h in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "msd_recommend_inference"
+
+
+class SplitPredictionsFn(beam.DoFn):
+    """PredictionResult → output row (main) or a user-level rejection (``REJECTED``)."""
+
+    def process(self, result: PredictionResult) -> Iterator:
+        if isinstance(result.inference, listening.Rejection):
+            _counter("users_rejected_" + result.inference.reason).inc()
+            yield beam.pvalue.TaggedOutput(REJECTED, result.inference)
+        else:
+            _counter("users_scored").inc()
+            yield result.inference
+
+
+class ScoreUsers(beam.PTransform):
+    """UserHistory (at least one known track) → rows, rejections. ``accelerator`` (a Dataflow
+    accelerator hint such as ``type:nvidia-l4;count:1;install-nvidia-driver``) is put on this
+    step only, so Dataflow's right fitting gives only the scoring step GPU workers."""
+
+    def __init__(self, handler: RecommenderModelHandler, accelerator: Optional[str] = None):
+        super().__init__()
+        self._handler = handler
+        self._accelerator = accelerator
+
+    def expand(self, histories):
+        inference = RunInference(self._handler)
+        if self._accelerator:
+            inference = inference.with_resource_hints(accelerator=self._accelerator)
+        return (histories
+                | "RunInference" >> inference
+                | "Split" >> beam.ParDo(SplitPredictionsFn()).with_outputs(REJECTED, main=SCORED))
+
+
+def most_popular(listener_counts: Iterable[tuple[str, int]], song_of_track: dict[str, str],
+                 size: int) -> list[tuple[str, str, float]]:
+    """The ``size`` tracks with most listeners, ties by lower track id, as (track, song, count)."""
+    ranked = sorted(listener_counts, key=lambda item: (-item[1], item[0]))[:size]
+    return [(track_id, song_of_track.get(track_id, ""), float(count)) for track_id, count in ranked]
+
+
+class PopularityFallbackFn(beam.DoFn):
+    """Users with no known song: the most-listened songs minus their own (``--fallback
+    popularity``), or a dead-letter entry (``--fallback none``)."""
+
+    def __init__(self, context: RunContext, enabled: bool):
+        self._context = context
+        self._enabled = enabled
+
+    def process(self, history: UserHistory, popular: list[tuple[str, str, float]]) -> Iterator:
+        k = self._context.k
+        if not self._enabled:
+            _counter("users_rejected_no_known_song").inc()
+            yield beam.pvalue.TaggedOutput(REJECTED, user_rejection(
+                history, "no_known_song", f"none of the user's {history.unknown_listens} listens "
+                "is a catalogue song, and --fallback is none"))
+            return
+        own = set(history.track_ids)
+        picks = [item for item in popular if item[0] not in own][:k]
+        if len(picks) < k:
+            _counter("users_rejected_fallback_too_short").inc()
+            yield beam.pvalue.TaggedOutput(REJECTED, user_rejection(
+                history, "fallback_too_short", f"only {len(picks)} listened catalogue songs "
+                f"exist to recommend by popularity; k={k}"))
+            return
+        _counter("users_fallback").inc()
+        yield recommendation_row(history, picks, f"{self._context.model}:popularity_fallback",
+                                 self._context.run_date)
