@@ -74,7 +74,7 @@ class ReadListens(beam.PTransform):
 
     def expand(self, pbegin):
         lines = [pbegin | f"Read{i}" >> beam.io.ReadFromTextWithFilename(
-                     pattern, coder=coders.BytesCoder(), strip_trailing_newlines=True)
+                     pattern, coder=coders.BytesCoder(), validate=False)
                  for i, pattern in enumerate(self._patterns)]
         return (lines | "AllLines" >> beam.Flatten()
                 | "Parse" >> beam.ParDo(ParseListensFn(self._max_play_count)).with_outputs(

@@ -1,0 +1,87 @@
+import datetime
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from transforms import write_recommendations as writers
+
+DAY = datetime.date(2026, 11, 23)
+
+
+@pytest.mark.parametrize("output, expected", [
+    ("my-project:music.recommendations", ("my-project", "music", "recommendations")),
+    ("bq://my-project.music.recs_v2", ("my-project", "music", "recs_v2")),
+    ("example.com:my-project:music.recs", ("example.com:my-project", "music", "recs")),
+])
+def test_bigquery_tables_are_parsed(output, expected):
+    assert writers.looks_like_bigquery(output)
+    table = writers.parse_bigquery_table(output)
+    assert (table.project, table.dataset, table.table) == expected
+    assert table.partition_spec(DAY) == f"{expected[0]}:{expected[1]}.{expected[2]}$20261123"
+
+
+@pytest.mark.parametrize("output", [
+    "My-Project:music.recs",           # upper case project
+    "proj:music.recs",                 # project shorter than 6 characters
+    "my-project:mu-sic.recs",          # hyphen in a dataset
+    "my-project:music.recs; DROP x",   # not an identifier
+    "bq://my-project.music",           # no table
+])
+def test_invalid_bigquery_names_are_refused_with_the_rules(output):
+    with pytest.raises(ValueError, match="PROJECT:DATASET.TABLE"):
+        writers.parse_bigquery_table(output)
+
+
+def test_local_and_gcs_folders_are_not_bigquery():
+    assert not writers.looks_like_bigquery("/tmp/recs")
+    assert not writers.looks_like_bigquery("gs://bucket/recs")
+    assert not writers.looks_like_bigquery("recs")
+
+
+def test_bigquery_schema_matches_the_parquet_twin():
+    bq_names = [field["name"] for field in writers.BIGQUERY_SCHEMA["fields"]]
+    assert bq_names == ["user_id", "run_date", "model", "history_size", "recommendations"]
+    assert [n for n in bq_names if n != "run_date"] == writers.PARQUET_SCHEMA.names
+    nested = writers.BIGQUERY_SCHEMA["fields"][-1]
+    assert nested["mode"] == "REPEATED" and [f["name"] for f in nested["fields"]] == [
+        f.name for f in writers.RECOMMENDATION_TYPE]
+    assert writers.BIGQUERY_TABLE_OPTIONS == {
+        "timePartitioning": {"type": "DAY", "field": "run_date"},
+        "clustering": {"fields": ["user_id"]}}
+
+
+def test_bigquery_rows_carry_the_date_as_iso_text():
+    row = {"user_id": "u", "run_date": DAY, "model": "m", "history_size": 1, "recommendations": []}
+    assert writers.bigquery_row(row)["run_date"] == "2026-11-23"
+    assert row["run_date"] == DAY  # the input row is not changed
+
+
+def write_staging(output, rows):
+    staging = writers.staging_dir(str(output), DAY)
+    os.makedirs(staging)
+    pq.write_table(pa.Table.from_pylist(rows, schema=writers.PARQUET_SCHEMA),
+                   f"{staging}/part-00000-of-00001.parquet")
+    return staging
+
+
+def row(user_id):
+    return {"user_id": user_id, "model": "m", "history_size": 1,
+            "recommendations": [{"rank": 1, "song_id": "S", "track_id": "T", "score": 0.5}]}
+
+
+def test_a_rerun_replaces_the_partition_and_a_new_date_adds_one(tmp_path):
+    output = tmp_path / "recs"
+    first = write_staging(output, [row("a"), row("b")])
+    assert writers.publish_parquet_partition(first, str(output), DAY).endswith("run_date=2026-11-23")
+    second = write_staging(output, [row("c")])
+    writers.publish_parquet_partition(second, str(output), DAY)
+    table = pq.read_table(output / "run_date=2026-11-23")
+    assert table.column("user_id").to_pylist() == ["c"]
+    other_day = writers.staging_dir(str(output), DAY + datetime.timedelta(days=1))
+    os.makedirs(other_day)
+    pq.write_table(pa.Table.from_pylist([row("d")], schema=writers.PARQUET_SCHEMA),
+                   f"{other_day}/part-0.parquet")
+    writers.publish_parquet_partition(other_day, str(output), DAY + datetime.timedelta(days=1))
+    assert sorted(p.name for p in output.iterdir()) == ["run_date=2026-11-23", "run_date=2026-11-24"]
