@@ -8,6 +8,7 @@ from typing import Sequence
 
 import yaml
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
 
 
 class ConfigError(ValueError):
@@ -54,3 +55,13 @@ def expand_config(argv: Sequence[str]) -> list[str]:
     explicit = _flags_given(rest)
     from_file = {name: value for name, value in config.items() if name not in explicit}
     return config_to_flags(from_file, known.config) + list(rest)
+
+
+class OutputOptions(PipelineOptions):
+    """Output options both jobs share (Beam registers every options class in one parser, so a
+    flag is defined once)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--num_shards", type=int, default=0,
+                            help="Shards per file output (0: let the runner decide).")

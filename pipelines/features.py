@@ -60,9 +60,6 @@ class FeaturesOptions(PipelineOptions):
             help="Reject files larger than this without reading them (real files are < 1 MB; "
                  "raise it for aggregate files).")
         parser.add_argument(
-            "--num_shards", type=int, default=0,
-            help="Shards per output (0: let the runner decide).")
-        parser.add_argument(
             "--overwrite", action="store_true",
             help="Replace the outputs of an earlier run in --output_dir.")
 
@@ -80,7 +77,7 @@ class FeaturesOptions(PipelineOptions):
             problems.append("--max_segments must be at least --min_segments")
         if self.max_file_bytes < 1:
             problems.append("--max_file_bytes must be positive")
-        if self.num_shards < 0:
+        if self.view_as(config_lib.OutputOptions).num_shards < 0:
             problems.append("--num_shards must be 0 or more")
         return problems
 
@@ -106,7 +103,8 @@ def build_pipeline(pipeline: beam.Pipeline, options: FeaturesOptions, patterns: 
         _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(output_dir)
     batches = transformed | "DropPassthrough" >> beam.Map(lambda batch_and_extra: batch_and_extra[0])
     _ = batches | "Write" >> write_features.WriteFeatures(
-        output_dir, transformed_metadata.dataset_metadata.schema, options.num_shards)
+        output_dir, transformed_metadata.dataset_metadata.schema,
+        options.view_as(config_lib.OutputOptions).num_shards)
 
 
 def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:

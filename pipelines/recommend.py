@@ -79,8 +79,6 @@ class RecommendOptions(PipelineOptions):
                             "--kaggle_songs and --users).")
         parser.add_argument("--kaggle_songs", default=None,
                             help="kaggle_songs.txt: song id → 1-based index, for the submission.")
-        parser.add_argument("--num_shards", type=int, default=0,
-                            help="Parquet shards (0: let the runner decide).")
 
     def validate_recommend_options(self) -> list[str]:
         problems = []
@@ -322,7 +320,8 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
         output_location = table.partition_spec(run_date)
     else:
         staging = writers.staging_dir(output, run_date)
-        destination = writers.WriteRecommendationsToParquet(staging, recommend_options.num_shards)
+        destination = writers.WriteRecommendationsToParquet(
+            staging, options.view_as(config_lib.OutputOptions).num_shards)
         report_dir = recommend_options.report_dir or FileSystems.join(
             output.rstrip("/"), "_reports", f"run_date={run_date.isoformat()}")
         output_location = writers.partition_dir(output, run_date)
