@@ -27,3 +27,23 @@ def real_msd_dir() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def invalid_msd_dir() -> pathlib.Path:
     return sample_data_path("invalid")
+
+
+@pytest.fixture(scope="session")
+def synthetic_sample(tmp_path_factory):
+    """300 synthetic songs in 12 styles and 200 listeners (made once per test session)."""
+    from msd import synthetic
+
+    return synthetic.synthesize(str(tmp_path_factory.mktemp("synthetic")), num_songs=300,
+                                num_users=200, seed=11, workers=1, progress=False)
+
+
+@pytest.fixture(scope="session")
+def synthetic_features(synthetic_sample, tmp_path_factory):
+    """The feature pipeline's output over ``synthetic_sample`` (run once per test session)."""
+    from pipelines import features
+
+    output_dir = tmp_path_factory.mktemp("features")
+    summary = features.run(["--input", synthetic_sample.data_dir, "--output_dir", str(output_dir),
+                            "--overwrite"])
+    return output_dir, summary

@@ -191,3 +191,20 @@ def test_dataflow_job_graph_builds_offline():
     assert job.proto.type == 1  # JOB_TYPE_BATCH
     options = job.options.get_all_options()
     assert options["setup_file"] == "./setup.py" and options["project"] == "my-project"
+
+
+def test_whole_job_on_a_few_hundred_synthetic_files(synthetic_sample, synthetic_features):
+    output_dir, summary = synthetic_features
+    examples, _, csv_rows, songs, rejected, _ = read_outputs(output_dir)
+    assert summary["files_matched"] == synthetic_sample.num_files == 300
+    assert summary["songs_written"] + summary["songs_rejected"] == summary["songs_seen"] == 300
+    assert summary["files_reconcile"] and summary["songs_reconcile"]
+    assert len(examples) == len(csv_rows) == len(songs) == summary["songs_written"]
+    assert len(rejected) == summary["songs_rejected"] + summary["files_rejected"]
+    import h5py
+    path = synthetic_sample.h5_paths[17]
+    with h5py.File(path) as h5:
+        track_id = h5["analysis/songs"]["track_id"][0].decode()
+        expected = independent_statistics(h5["analysis/segments_timbre"][()])
+    example = next(e for e in examples if feature(e, "track_id") == track_id)
+    np.testing.assert_allclose(feature(example, "raw_features"), expected, rtol=1e-6)
