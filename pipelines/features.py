@@ -88,10 +88,13 @@ def build_pipeline(pipeline: beam.Pipeline, options: FeaturesOptions, patterns: 
     output_dir = options.output_dir.rstrip("/")
     parsed = pipeline | "ReadMsd" >> read_msd.ReadMsdSongs(
         patterns, options.min_segments, options.max_segments, options.max_file_bytes)
-    parsed[read_msd.REJECTED] | "DeadLetter" >> write_features.WriteRejections(output_dir)
+    unique = parsed[read_msd.SONGS] | "DropDuplicates" >> read_msd.DropDuplicateTracks()
+    _ = ((parsed[read_msd.REJECTED], unique[read_msd.REJECTED])
+         | "AllRejections" >> beam.Flatten()
+         | "DeadLetter" >> write_features.WriteRejections(output_dir))
 
     record_batches = (
-        parsed[read_msd.SONGS]
+        unique[read_msd.SONGS]
         | "Batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=2048)
         | "ToRecordBatch" >> beam.Map(preprocessing.songs_to_record_batch))
     with tft_beam.Context(temp_dir=temp_dir):

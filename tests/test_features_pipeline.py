@@ -208,3 +208,21 @@ def test_whole_job_on_a_few_hundred_synthetic_files(synthetic_sample, synthetic_
         expected = independent_statistics(h5["analysis/segments_timbre"][()])
     example = next(e for e in examples if feature(e, "track_id") == track_id)
     np.testing.assert_allclose(feature(example, "raw_features"), expected, rtol=1e-6)
+
+
+def test_a_track_in_two_files_is_written_once_and_the_other_reported(real_msd_dir, tmp_path):
+    copy_dir = tmp_path / "copy" / "Z"
+    copy_dir.mkdir(parents=True)
+    original = real_msd_dir / "A/X/L/TRAXLZU12903D05F94.h5"
+    (copy_dir / "TRAXLZU12903D05F94.h5").write_bytes(original.read_bytes())
+    summary = features.run(["--input", str(real_msd_dir / "A"), "--input", str(tmp_path / "copy"),
+                            "--output_dir", str(tmp_path / "out")])
+    examples, _, _, _, rejected, _ = read_outputs(tmp_path / "out")
+    assert sorted(feature(e, "track_id") for e in examples) == [
+        "TRAAABD128F429CF47", "TRAXLZU12903D05F94"]
+    (duplicate,) = rejected
+    assert duplicate["reason"] == "duplicate_track_id"
+    winner, loser = sorted([str(original), str(copy_dir / "TRAXLZU12903D05F94.h5")])
+    assert duplicate["path"] == loser and winner in duplicate["detail"]
+    assert (summary["songs_seen"], summary["songs_written"], summary["songs_rejected"]) == (3, 2, 1)
+    assert summary["rejected_by_reason"] == {"duplicate_track_id": 1}

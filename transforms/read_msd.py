@@ -150,3 +150,35 @@ class ReadMsdSongs(beam.PTransform):
             # files over the workers.
             | "DistinctFiles" >> beam.Distinct()
             | "Parse" >> beam.ParDo(self._parse_fn).with_outputs(REJECTED, main=SONGS))
+
+
+class KeepFirstOfDuplicateTracksFn(beam.DoFn):
+    """(track_id, songs) → the song from the file whose path sorts first; the others are
+    rejected as ``duplicate_track_id`` naming the file that won (deterministic on any runner)."""
+
+    def __init__(self):
+        self._songs_rejected = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "songs_rejected")
+        self._duplicates = beam.metrics.Metrics.counter(METRICS_NAMESPACE,
+                                                        "rejected_duplicate_track_id")
+
+    def process(self, track_and_songs: tuple[str, Iterable[hdf5_reader.Song]]) -> Iterator:
+        track_id, songs = track_and_songs
+        first, *others = sorted(songs, key=lambda song: song.path)
+        yield first
+        for song in others:
+            self._songs_rejected.inc()
+            self._duplicates.inc()
+            yield beam.pvalue.TaggedOutput(REJECTED, hdf5_reader.Rejection(
+                song.path, track_id, "duplicate_track_id",
+                f"track {track_id} is also in {first.path}, which sorts first and is kept"))
+
+
+class DropDuplicateTracks(beam.PTransform):
+    """Songs → (one song per track id, rejections of the duplicates)."""
+
+    def expand(self, songs):
+        return (songs
+                | "ByTrack" >> beam.Map(lambda song: (song.track_id, song))
+                | "GroupByTrack" >> beam.GroupByKey()
+                | "KeepFirst" >> beam.ParDo(KeepFirstOfDuplicateTracksFn()).with_outputs(
+                    REJECTED, main=SONGS))
