@@ -12,9 +12,7 @@ run_summary.json (counts that reconcile, options, duration).
 """
 import argparse
 import datetime
-import json
 import logging
-import sys
 import tempfile
 import time
 from typing import Optional, Sequence
@@ -22,12 +20,12 @@ from typing import Optional, Sequence
 import apache_beam as beam
 import tensorflow_transform.beam as tft_beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
                                                   TestOptions)
 
 from msd import hdf5_reader
 from pipelines import config as config_lib
+from pipelines import launcher
 from transforms import preprocessing, read_msd, write_features
 
 OUTPUT_SUBDIRS = ("features", "csv", "songs", "rejected", "transform_fn", "transformed_metadata",
@@ -110,15 +108,6 @@ def build_pipeline(pipeline: beam.Pipeline, options: FeaturesOptions, patterns: 
         options.view_as(config_lib.OutputOptions).num_shards)
 
 
-def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
-    query = result.metrics().query(MetricsFilter().with_namespace(read_msd.METRICS_NAMESPACE))
-    counters: dict[str, int] = {}
-    for counter in query["counters"]:
-        value = counter.committed if counter.committed is not None else counter.attempted
-        counters[counter.key.metric.name] = counters.get(counter.key.metric.name, 0) + value
-    return counters
-
-
 def run_summary(counters: dict[str, int], options: FeaturesOptions, patterns: Sequence[str],
                 seconds: float) -> dict:
     """The run summary: counts that reconcile, the options used and the duration."""
@@ -155,17 +144,10 @@ def _prepare_output_dir(output_dir: str, overwrite: bool) -> None:
         FileSystems.delete([FileSystems.join(output_dir, name) for name in existing])
 
 
-def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -> Optional[dict]:
+def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     """Runs the feature pipeline; returns the run summary (None for a Dataflow dry run)."""
-    try:
-        argv = config_lib.expand_config(sys.argv[1:] if argv is None else argv)
-    except config_lib.ConfigError as error:
-        raise SystemExit(f"features: {error}")
-    options = PipelineOptions(argv)
-    features_options = options.view_as(FeaturesOptions)
-    problems = features_options.validate_features_options()
-    if problems:
-        raise SystemExit("features: " + "; ".join(problems))
+    options, features_options = launcher.parse_job_options(
+        "features", argv, FeaturesOptions, FeaturesOptions.validate_features_options)
     patterns = [read_msd.expand_input(item) for item in features_options.input]
     dry_run = options.view_as(TestOptions).dry_run
     if not dry_run:
@@ -187,9 +169,9 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
     if dry_run:
         logging.info("features: dry run, the job was built and not submitted")
         return None
-    summary = run_summary(_counters(result), features_options, patterns, time.monotonic() - started)
-    with FileSystems.create(FileSystems.join(features_options.output_dir, SUMMARY_FILE)) as handle:
-        handle.write(json.dumps(summary, indent=2, sort_keys=True).encode("utf-8"))
+    summary = run_summary(launcher.counter_totals(result, read_msd.METRICS_NAMESPACE),
+                          features_options, patterns, time.monotonic() - started)
+    launcher.write_summary(summary, features_options.output_dir, SUMMARY_FILE)
     if not temp_location and FileSystems.exists(temp_dir):
         FileSystems.delete([temp_dir])
     return summary

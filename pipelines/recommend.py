@@ -14,18 +14,17 @@ import argparse
 import datetime
 import json
 import logging
-import sys
 import time
 from typing import Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
                                                   TestOptions)
 
 from msd import listening
 from pipelines import config as config_lib
+from pipelines import launcher
 from recommend import catalogue as catalogue_lib
 from transforms import listens as listens_lib
 from transforms import scoring
@@ -239,15 +238,6 @@ def build_pipeline(pipeline: beam.Pipeline, options: RecommendOptions, run_date:
                                              options.kaggle_submission))
 
 
-def _counters(result) -> dict[str, int]:
-    query = result.metrics().query(MetricsFilter().with_namespace(listens_lib.METRICS_NAMESPACE))
-    counters: dict[str, int] = {}
-    for counter in query["counters"]:
-        value = counter.committed if counter.committed is not None else counter.attempted
-        counters[counter.key.metric.name] = counters.get(counter.key.metric.name, 0) + value
-    return counters
-
-
 def run_summary(counters: dict[str, int], options: RecommendOptions, run_date: datetime.date,
                 output_location: str, seconds: float) -> dict:
     """Counts that reconcile (listens and users), the run's parameters and its duration."""
@@ -291,15 +281,8 @@ def run_summary(counters: dict[str, int], options: RecommendOptions, run_date: d
 
 def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     """Runs the recommendation job; returns the run summary (None for a Dataflow dry run)."""
-    try:
-        argv = config_lib.expand_config(sys.argv[1:] if argv is None else argv)
-    except config_lib.ConfigError as error:
-        raise SystemExit(f"recommend: {error}")
-    options = PipelineOptions(argv)
-    recommend_options = options.view_as(RecommendOptions)
-    problems = recommend_options.validate_recommend_options()
-    if problems:
-        raise SystemExit("recommend: " + "; ".join(problems))
+    options, recommend_options = launcher.parse_job_options(
+        "recommend", argv, RecommendOptions, RecommendOptions.validate_recommend_options)
     run_date = (datetime.date.fromisoformat(recommend_options.run_date)
                 if recommend_options.run_date
                 else datetime.datetime.now(datetime.timezone.utc).date())
@@ -341,10 +324,9 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
         return None
     if staging:
         writers.publish_parquet_partition(staging, output, run_date)
-    summary = run_summary(_counters(result), recommend_options, run_date, output_location,
-                          time.monotonic() - started)
-    with FileSystems.create(FileSystems.join(report_dir, SUMMARY_FILE)) as handle:
-        handle.write(json.dumps(summary, indent=2, sort_keys=True).encode("utf-8"))
+    summary = run_summary(launcher.counter_totals(result, listens_lib.METRICS_NAMESPACE),
+                          recommend_options, run_date, output_location, time.monotonic() - started)
+    launcher.write_summary(summary, report_dir, SUMMARY_FILE)
     summary["report_dir"] = report_dir
     return summary
 

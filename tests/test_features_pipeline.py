@@ -1,7 +1,6 @@
 """The feature pipeline: reading transforms, the whole job on the DirectRunner, Dataflow offline."""
 import csv
 import glob
-import gzip
 import json
 import os
 
@@ -12,11 +11,11 @@ import pytest
 import tensorflow as tf
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from unittest import mock
 
 from pipelines import config as config_lib
 from pipelines import features
 from transforms import read_msd
+from tests.dataflow_dry_run import build_dataflow_job
 from tests.test_timbre import independent_statistics
 
 REAL_TRACK_IDS = ["TRAAABD128F429CF47", "TRAXLZU12903D05F94", "TRBDBKZ128F425D023",
@@ -159,25 +158,8 @@ def test_config_file_values_are_overridden_by_explicit_flags(tmp_path):
         config_lib.expand_config(["--config", str(tmp_path / "missing.yaml")])
 
 
-def build_dataflow_job(extra_args):
-    """Runs the launcher with --dry_run and returns the Dataflow job it built (not submitted)."""
-    built = {}
-    real_run = beam.Pipeline.run
-
-    def run_and_keep(pipeline, *args, **kwargs):
-        built["result"] = real_run(pipeline, *args, **kwargs)
-        return built["result"]
-
-    with mock.patch.object(beam.Pipeline, "run", run_and_keep):
-        assert features.run(extra_args + [
-            "--project=my-project", "--region=us-central1",
-            "--temp_location=gs://my-bucket/tmp", "--staging_location=gs://my-bucket/staging",
-            "--dry_run=True", "--no_auth", "--sdk_location=container"]) is None
-    return built["result"].job
-
-
 def test_dataflow_job_graph_builds_offline():
-    job = build_dataflow_job(["--config", "configs/dataflow_cpu.yaml",
+    job = build_dataflow_job(features.run, ["--config", "configs/dataflow_cpu.yaml",
                               "--input", "gs://my-bucket/msd/data/", "--output_dir",
                               "gs://my-bucket/features", "--normalization", "zscore_l2"])
     names = {t.unique_name for t in job.proto_pipeline.components.transforms.values()}

@@ -1,9 +1,6 @@
 """The recommendation job end to end on the DirectRunner, and its Dataflow graph offline."""
 import collections
 import json
-from unittest import mock
-
-import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -11,6 +8,7 @@ import pytest
 from msd import listening
 from pipelines import recommend
 from recommend import catalogue as catalogue_lib
+from tests.dataflow_dry_run import build_dataflow_job
 
 RUN_DATE = "2026-11-23"
 
@@ -174,21 +172,11 @@ def test_missing_inputs_are_named_before_the_job_starts(synthetic_features, tmp_
 
 
 def test_dataflow_graph_with_bigquery_and_a_gpu_hint_on_scoring_only():
-    built = {}
-    real_run = beam.Pipeline.run
-
-    def run_and_keep(pipeline, *args, **kwargs):
-        built["result"] = real_run(pipeline, *args, **kwargs)
-        return built["result"]
-
-    with mock.patch.object(beam.Pipeline, "run", run_and_keep):
-        assert recommend.run([
-            "--config", "configs/dataflow_gpu.yaml", "--project=my-project",
-            "--temp_location=gs://my-bucket/tmp", "--staging_location=gs://my-bucket/staging",
-            "--dry_run=True", "--no_auth", "--features", "gs://my-bucket/features",
-            "--listens", "gs://my-bucket/train_triplets.txt",
-            "--output", "my-project:music.recommendations", "--run_date", RUN_DATE]) is None
-    proto = built["result"].job.proto_pipeline
+    job = build_dataflow_job(recommend.run, [
+        "--config", "configs/dataflow_gpu.yaml", "--features", "gs://my-bucket/features",
+        "--listens", "gs://my-bucket/train_triplets.txt",
+        "--output", "my-project:music.recommendations", "--run_date", RUN_DATE])
+    proto = job.proto_pipeline
     hinted = {t.unique_name for t in proto.components.transforms.values()
               if proto.components.environments[t.environment_id].resource_hints}
     assert hinted and all(name.startswith("Score/RunInference") for name in hinted)
@@ -197,5 +185,5 @@ def test_dataflow_graph_with_bigquery_and_a_gpu_hint_on_scoring_only():
     assert hints == {b"type:nvidia-l4;count:1;install-nvidia-driver"}
     names = {t.unique_name for t in proto.components.transforms.values()}
     assert "WriteRows/WriteToBigQuery/BigQueryBatchFileLoads/TriggerLoadJobsWithoutTempTables" in names
-    options = built["result"].job.options.get_all_options()
+    options = job.options.get_all_options()
     assert options["accelerator"] == "type:nvidia-l4;count:1;install-nvidia-driver"

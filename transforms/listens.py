@@ -18,7 +18,8 @@ LISTENS = "listens"
 REJECTED = "rejected"
 
 
-def _counter(name: str):
+def counter(name: str):
+    """A counter in the job's namespace (``msd_recommend``)."""
     return beam.metrics.Metrics.counter(METRICS_NAMESPACE, name)
 
 
@@ -45,8 +46,8 @@ class ParseListensFn(beam.DoFn):
 
     def __init__(self, max_play_count: int = listening.DEFAULT_MAX_PLAY_COUNT):
         self._max_play_count = max_play_count
-        self._lines = _counter("listen_lines_read")
-        self._parsed = _counter("listens_parsed")
+        self._lines = counter("listen_lines_read")
+        self._parsed = counter("listens_parsed")
 
     def process(self, file_and_line: tuple[str, bytes]) -> Iterator:
         source, line = file_and_line
@@ -54,9 +55,9 @@ class ParseListensFn(beam.DoFn):
         record = listening.parse_listen_line(line, source=source,
                                              max_play_count=self._max_play_count)
         if record is None:
-            _counter("listen_lines_not_data").inc()
+            counter("listen_lines_not_data").inc()
         elif isinstance(record, listening.Rejection):
-            _counter(f"listens_rejected_{record.reason}").inc()
+            counter(f"listens_rejected_{record.reason}").inc()
             yield beam.pvalue.TaggedOutput(REJECTED, record)
         else:
             self._parsed.inc()
@@ -121,15 +122,15 @@ class ResolveListenFn(beam.DoFn):
                 mismatched: set[str]) -> Iterator:
         track_id = track_of_song.get(listen.song_id)
         if track_id is not None:
-            _counter("listens_used").inc()
+            counter("listens_used").inc()
             yield listen.user_id, (track_id, listen.play_count)
             return
         if listen.song_id in mismatched:
-            _counter("listens_mismatched").inc()
+            counter("listens_mismatched").inc()
             reason, detail = "mismatched_song", (
                 f"song {listen.song_id} maps only to tracks listed in sid_mismatches.txt")
         else:
-            _counter("listens_unknown_song").inc()
+            counter("listens_unknown_song").inc()
             reason, detail = "unknown_song", f"song {listen.song_id} is not in the catalogue"
         # The user still needs a history entry (maybe empty: the fallback decides).
         yield listen.user_id, (None, listen.play_count)

@@ -10,14 +10,10 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 
 from msd import listening
 from recommend.model import CatalogueRecommender
-from transforms.listens import METRICS_NAMESPACE, UserHistory
+from transforms.listens import UserHistory, counter
 
 SCORED = "scored"
 REJECTED = "rejected"
-
-
-def _counter(name: str):
-    return beam.metrics.Metrics.counter(METRICS_NAMESPACE, name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,10 +94,10 @@ class SplitPredictionsFn(beam.DoFn):
 
     def process(self, result: PredictionResult) -> Iterator:
         if isinstance(result.inference, listening.Rejection):
-            _counter("users_rejected_" + result.inference.reason).inc()
+            counter("users_rejected_" + result.inference.reason).inc()
             yield beam.pvalue.TaggedOutput(REJECTED, result.inference)
         else:
-            _counter("users_scored").inc()
+            counter("users_scored").inc()
             yield result.inference
 
 
@@ -142,7 +138,7 @@ class PopularityFallbackFn(beam.DoFn):
     def process(self, history: UserHistory, popular: list[tuple[str, str, float]]) -> Iterator:
         k = self._context.k
         if not self._enabled:
-            _counter("users_rejected_no_known_song").inc()
+            counter("users_rejected_no_known_song").inc()
             yield beam.pvalue.TaggedOutput(REJECTED, user_rejection(
                 history, "no_known_song", f"none of the user's {history.unknown_listens} listens "
                 "is a catalogue song, and --fallback is none"))
@@ -150,11 +146,11 @@ class PopularityFallbackFn(beam.DoFn):
         own = set(history.track_ids)
         picks = [item for item in popular if item[0] not in own][:k]
         if len(picks) < k:
-            _counter("users_rejected_fallback_too_short").inc()
+            counter("users_rejected_fallback_too_short").inc()
             yield beam.pvalue.TaggedOutput(REJECTED, user_rejection(
                 history, "fallback_too_short", f"only {len(picks)} listened catalogue songs "
                 f"exist to recommend by popularity; k={k}"))
             return
-        _counter("users_fallback").inc()
+        counter("users_fallback").inc()
         yield recommendation_row(history, picks, f"{self._context.model}:popularity_fallback",
                                  self._context.run_date)
