@@ -1,0 +1,830 @@
+"""Exact top-k recommendation kernel in TensorFlow.
+
+For a batch of users with listening histories (rows of a catalogue ``F`` of L2-normalised song
+vectors), the kernel computes
+
+    profile_u = sum_i w_ui * F[h_ui]          (duplicates count each time; w = 1 by default)
+    score_u   = F @ profile_u
+    result_u  = the k best songs the user has not listened to, best first,
+                ties broken by the lower catalogue index
+
+exactly (the same songs a float64 brute force picks, up to float32 rounding of the scores).
+
+Public API
+----------
+``recommend(catalogue, histories, k=500, weights=None, *, batch_size=256)``
+    One-shot convenience wrapper: returns ``(indices int64 [B, k], scores float32 [B, k])``.
+``CatalogueScorer(catalogue, *, batch_size=256, ...)``
+    Holds the catalogue on the device once and keeps compiled ``tf.function`` s per padded batch
+    size and ``k``; ``.recommend(histories, k, weights)`` / ``.recommend_packed(packed, k)``.
+``max_k_for(histories, num_songs)`` / ``check_k(histories, num_songs, k)``
+    The largest ``k`` every user can be served (songs not listened to), and the up-front check.
+``pack_histories(histories, weights=None, num_songs=None)`` -> ``PackedHistories``
+    Flat ``values`` + ``row_splits`` (+ ``weights``) form the scorer consumes.
+
+How it stays fast and exact (one pass over the catalogue, memory bounded by a tile)
+------------------------------------------------------------------------------------
+The catalogue is stored once as ``[n_storage_chunks, Cs, d]`` so that every chunk is a
+zero-copy view. For a batch of ``Bp`` users (``B`` padded to a power of two so the graph is not
+retraced per batch) the catalogue is processed in chunks of ``C ~ tile_elements / Bp`` rows:
+
+1. ``S = F_chunk @ P^T`` ([C, Bp], stays in cache), listened songs of this chunk set to -inf with
+   one ``tensor_scatter_nd_update`` (the flat histories are partitioned by chunk once per batch),
+   so exclusion happens *before* any selection.
+2. Block maxima ``M1`` (blocks of ``block`` consecutive songs) and group maxima ``M2``
+   (``group`` blocks): one extra pass over ``S``.
+3. A per-user threshold ``tau`` with the invariant "at least k non-excluded songs with a lower
+   catalogue index score >= tau" prunes: only groups/blocks/songs with score > tau are gathered
+   (``tf.where`` on the small ``M2`` array, then gathers), so almost nothing of ``S`` is read
+   again. A song scoring <= tau cannot be in the top-k: k earlier songs beat or tie it, and ties
+   go to the lower index. This is exact whatever the data, ties and exclusions.
+4. ``tau`` comes from a warm-up (the first ``warmup_rows`` songs: the k-th largest block maximum,
+   found with a per-user histogram, is a valid bound because k distinct blocks each hold a song
+   at least that good) and is raised whenever the candidate buffer has grown by ~k per user:
+   a per-user histogram over int64 keys finds (close to) the k-th best candidate, and everything
+   below it is dropped. Keys are ``(order-preserving int32 of the score) << 32 | (2^32-1-index)``
+   so "higher key" means "better score, then lower index": ties can never make a threshold
+   ambiguous, and the final ordering is a plain descending sort of unique keys.
+5. The surviving candidates (~k per user) are packed densely and sorted once.
+
+Everything in the hot path is TensorFlow; numpy is only used to validate and pack inputs and to
+unpack outputs. The same graph runs on GPU when TensorFlow sees one (soft placement).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = [
+    "DEFAULT_K",
+    "PackedHistories",
+    "pack_histories",
+    "available_counts",
+    "max_k_for",
+    "check_k",
+    "CatalogueScorer",
+    "recommend",
+]
+
+DEFAULT_K = 500
+
+_INT64_MIN = np.iinfo(np.int64).min
+_INT64_MAX = np.iinfo(np.int64).max
+_TWO32 = 1 << 32
+
+
+# ----------------------------------------------------------------------------------------------
+# Input packing and validation (numpy; not the hot path)
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedHistories:
+    """Histories of B users as one flat array: user ``u`` listened to
+    ``values[row_splits[u]:row_splits[u+1]]`` (catalogue row indices), with optional parallel
+    ``weights`` (one per listen)."""
+
+    values: np.ndarray  # int64 [nnz]
+    row_splits: np.ndarray  # int64 [B + 1]
+    weights: Optional[np.ndarray] = None  # float32 [nnz] or None (all ones)
+
+    @property
+    def num_users(self) -> int:
+        return int(self.row_splits.shape[0]) - 1
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.row_splits)
+
+    def slice(self, start: int, stop: int) -> "PackedHistories":
+        lo, hi = int(self.row_splits[start]), int(self.row_splits[stop])
+        return PackedHistories(
+            values=self.values[lo:hi],
+            row_splits=self.row_splits[start : stop + 1] - lo,
+            weights=None if self.weights is None else self.weights[lo:hi],
+        )
+
+
+def _as_index_array(seq, position: int) -> np.ndarray:
+    arr = np.asarray(seq)
+    if arr.size == 0:
+        return np.zeros(0, np.int64)
+    if arr.ndim != 1:
+        raise ValueError(f"history of user {position} must be a 1-D sequence of song indices, got shape {arr.shape}")
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(
+            f"history of user {position} must contain integer catalogue row indices, got dtype {arr.dtype}"
+        )
+    return arr.astype(np.int64, copy=False)
+
+
+def pack_histories(histories, weights=None, num_songs: Optional[int] = None) -> PackedHistories:
+    """Validates and flattens ``histories`` (a sequence of B sequences of catalogue row indices;
+    a ``PackedHistories`` is passed through) and the optional parallel ``weights``.
+
+    With ``num_songs`` every index is checked to be in ``[0, num_songs)``.
+    """
+    if isinstance(histories, PackedHistories):
+        packed = histories
+        if weights is not None:
+            raise ValueError("weights must be inside PackedHistories when passing PackedHistories")
+    else:
+        if isinstance(histories, (str, bytes)) or not isinstance(histories, Sequence) and not isinstance(
+            histories, np.ndarray
+        ):
+            try:
+                histories = list(histories)
+            except TypeError:
+                raise TypeError("histories must be a sequence of sequences of song indices") from None
+        arrays = [_as_index_array(h, i) for i, h in enumerate(histories)]
+        lengths = np.fromiter((a.shape[0] for a in arrays), dtype=np.int64, count=len(arrays))
+        row_splits = np.zeros(len(arrays) + 1, np.int64)
+        np.cumsum(lengths, out=row_splits[1:])
+        values = np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
+        w = None
+        if weights is not None:
+            if len(weights) != len(arrays):
+                raise ValueError(
+                    f"weights must have one sequence per user: got {len(weights)} for {len(arrays)} histories"
+                )
+            ws = []
+            for i, (wi, n) in enumerate(zip(weights, lengths)):
+                wa = np.asarray(wi, dtype=np.float64).reshape(-1) if np.size(wi) else np.zeros(0)
+                if wa.shape[0] != n:
+                    raise ValueError(
+                        f"weights of user {i} have {wa.shape[0]} entries but the history has {n} listens"
+                    )
+                ws.append(wa)
+            w = np.concatenate(ws).astype(np.float32) if ws else np.zeros(0, np.float32)
+        packed = PackedHistories(values=values, row_splits=row_splits, weights=w)
+    if packed.weights is not None:
+        if packed.weights.shape != packed.values.shape:
+            raise ValueError("weights must be parallel to the history values")
+        bad = ~np.isfinite(packed.weights)
+        if bad.any():
+            pos = int(np.searchsorted(packed.row_splits, np.flatnonzero(bad)[0], side="right") - 1)
+            raise ValueError(f"weights of user {pos} contain a non-finite value")
+    if num_songs is not None and packed.values.size:
+        bad = (packed.values < 0) | (packed.values >= num_songs)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            pos = int(np.searchsorted(packed.row_splits, first, side="right") - 1)
+            raise ValueError(
+                f"history of user {pos} has song index {int(packed.values[first])} outside the "
+                f"catalogue [0, {num_songs})"
+            )
+    return packed
+
+
+def _distinct_per_user(packed: PackedHistories, num_songs: int) -> np.ndarray:
+    b = packed.num_users
+    if packed.values.size == 0:
+        return np.zeros(b, np.int64)
+    users = np.repeat(np.arange(b, dtype=np.int64), packed.lengths())
+    codes = np.unique(users * np.int64(num_songs) + packed.values)
+    return np.bincount(codes // np.int64(num_songs), minlength=b).astype(np.int64)
+
+
+def available_counts(histories, num_songs: int) -> np.ndarray:
+    """Per user, the number of catalogue songs not in the history (what can be recommended)."""
+    packed = pack_histories(histories, num_songs=num_songs)
+    return np.int64(num_songs) - _distinct_per_user(packed, num_songs)
+
+
+def max_k_for(histories, num_songs: int) -> int:
+    """The largest k every user in ``histories`` can be served: the smallest number of
+    not-yet-listened songs over the users (``num_songs`` if there are no users)."""
+    avail = available_counts(histories, num_songs)
+    return int(avail.min()) if avail.size else int(num_songs)
+
+
+def check_k(histories, num_songs: int, k: int) -> None:
+    """Raises ``ValueError`` naming the first user (by position) who has fewer than ``k``
+    songs left to recommend; the pipeline can call this before scoring."""
+    _check_k_packed(pack_histories(histories, num_songs=num_songs), num_songs, k)
+
+
+def _check_k_value(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an integer, got {type(k).__name__}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return int(k)
+
+
+def _check_k_packed(packed: PackedHistories, num_songs: int, k: int, offset: int = 0) -> None:
+    k = _check_k_value(k)
+    avail = np.int64(num_songs) - _distinct_per_user(packed, num_songs)
+    short = np.flatnonzero(avail < k)
+    if short.size:
+        u = int(short[0])
+        raise ValueError(
+            f"k={k} is larger than the number of songs available for user at position {u + offset}: "
+            f"{int(avail[u])} of {num_songs} catalogue songs are not in their history "
+            f"({short.size} user(s) affected; max_k_for() gives the largest feasible k)"
+        )
+
+
+def _validate_catalogue(catalogue) -> np.ndarray:
+    if isinstance(catalogue, tf.Tensor):
+        catalogue = catalogue.numpy()
+    arr = np.asarray(catalogue)
+    if arr.dtype != np.float32:
+        raise TypeError(f"catalogue must be a float32 array, got dtype {arr.dtype} (use .astype(np.float32))")
+    if arr.ndim != 2:
+        raise ValueError(f"catalogue must be 2-D [num_songs, dim], got shape {arr.shape}")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"catalogue must have at least one song and one dimension, got shape {arr.shape}")
+    if arr.shape[0] >= 2**31 - 1:
+        raise ValueError("catalogues of 2^31 songs or more are not supported")
+    finite = np.isfinite(arr)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite.all(axis=1))[0])
+        raise ValueError(f"catalogue contains a non-finite value (first in row {row})")
+    return arr
+
+
+# ----------------------------------------------------------------------------------------------
+# TensorFlow building blocks
+# ----------------------------------------------------------------------------------------------
+
+
+def _make_keys(scores: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+    """int64 keys ordered like (score desc, index asc) is ordered like key desc."""
+    bits = tf.bitcast(scores, tf.int32)
+    # -0.0 and denormals (which TF's CPU kernels flush to zero when comparing) are all 0.0.
+    bits = tf.where(tf.equal(tf.bitwise.bitwise_and(bits, np.int32(0x7F800000)), 0), tf.zeros_like(bits), bits)
+    ordered = tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, np.int32(0x7FFFFFFF)), bits)
+    return tf.cast(ordered, tf.int64) * _TWO32 + (_TWO32 - 1 - tf.cast(index, tf.int64))
+
+
+def _key_scores(keys: tf.Tensor) -> tf.Tensor:
+    ordered = tf.cast(tf.math.floordiv(keys, _TWO32), tf.int32)
+    bits = tf.where(ordered < 0, tf.bitwise.bitwise_xor(ordered, np.int32(0x7FFFFFFF)), ordered)
+    return tf.bitcast(bits, tf.float32)
+
+
+def _key_index(keys: tf.Tensor) -> tf.Tensor:
+    return (_TWO32 - 1) - tf.math.floormod(keys, _TWO32)
+
+
+def _key_score_threshold(tau_key: tf.Tensor) -> tf.Tensor:
+    """Float threshold for later chunks: a later song (higher index) beats key tau only if its
+    score is strictly greater than tau's score."""
+    return tf.where(tau_key == _INT64_MIN, tf.fill(tf.shape(tau_key), -np.inf), _key_scores(tau_key))
+
+
+def _float_block_threshold(m: tf.Tensor, k: int, nbins: int) -> tf.Tensor:
+    """m: [Bp, R] block maxima (row = user). Returns tau [Bp]: the lowest value in the histogram
+    bin holding the k-th largest finite value of the row, so that at least k values are >= tau;
+    -inf where a row has fewer than k finite values."""
+    bp = tf.shape(m)[0]
+    finite = m > -np.inf
+    inf = tf.constant(np.inf, tf.float32)
+    lo = tf.reduce_min(tf.where(finite, m, inf), axis=1, keepdims=True)
+    hi = tf.reduce_max(m, axis=1, keepdims=True)
+    lo = tf.where(lo < inf, lo, tf.zeros_like(lo))
+    span = hi - lo
+    scale = tf.where(span > 1e-30, nbins / tf.maximum(span, 1e-30), tf.zeros_like(span))
+    safe = tf.where(finite, m, lo)
+    b = tf.clip_by_value(tf.cast(tf.floor((safe - lo) * scale), tf.int32), 0, nbins - 1)
+    ids = tf.where(finite, b + tf.range(bp)[:, None] * nbins, bp * nbins)
+    counts = tf.math.bincount(tf.reshape(ids, [-1]), minlength=bp * nbins + 1, maxlength=bp * nbins + 1)
+    cum = tf.cumsum(tf.reshape(counts[: bp * nbins], [bp, nbins]), axis=1, reverse=True)
+    j = tf.reduce_sum(tf.cast(cum >= k, tf.int32), axis=1) - 1
+    in_bin = finite & tf.equal(b, j[:, None])
+    tau = tf.reduce_min(tf.where(in_bin, m, inf), axis=1)
+    return tf.where(j >= 0, tau, tf.fill(tf.shape(tau), -np.inf))
+
+
+def _key_threshold(keys, users, bp, k, nbins, rounds):
+    """keys int64 [n], users int32 [n] (values in [0, bp)). Returns tau [bp] int64 with
+    count(keys >= tau) >= k per user and close to k (INT64_MIN where a user has < k keys)."""
+    n = tf.shape(keys)[0]
+    need = tf.fill([bp], np.int32(k))
+    active = tf.ones([n], tf.bool)
+    tau = tf.fill([bp], np.int64(_INT64_MIN))
+    have_enough = None
+    for r in range(rounds):
+        big = tf.fill([n], np.int64(_INT64_MAX))
+        small = tf.fill([n], np.int64(_INT64_MIN))
+        lo = tf.math.unsorted_segment_min(tf.where(active, keys, big), users, bp)
+        hi = tf.math.unsorted_segment_max(tf.where(active, keys, small), users, bp)
+        lo_f = tf.cast(lo, tf.float64)
+        span = tf.cast(hi, tf.float64) - lo_f
+        scale = tf.where(span > 0, nbins / tf.maximum(span, 1.0), tf.zeros_like(span))
+        x = (tf.cast(keys, tf.float64) - tf.gather(lo_f, users)) * tf.gather(scale, users)
+        b = tf.clip_by_value(tf.cast(tf.floor(tf.maximum(x, 0.0)), tf.int32), 0, nbins - 1)
+        ids = tf.where(active, users * nbins + b, bp * nbins)
+        counts = tf.math.bincount(ids, minlength=bp * nbins + 1, maxlength=bp * nbins + 1)
+        counts = tf.reshape(counts[: bp * nbins], [bp, nbins])
+        cum = tf.cumsum(counts, axis=1, reverse=True)
+        j = tf.reduce_sum(tf.cast(cum >= need[:, None], tf.int32), axis=1) - 1
+        if have_enough is None:
+            have_enough = j >= 0
+        jj = tf.maximum(j, 0)
+        above = tf.gather(cum, tf.minimum(jj + 1, nbins - 1), batch_dims=1)
+        above = tf.where(jj + 1 < nbins, above, tf.zeros_like(above))
+        in_bin = active & tf.equal(b, tf.gather(jj, users))
+        t = tf.math.unsorted_segment_min(tf.where(in_bin, keys, big), users, bp)
+        tau = tf.where(have_enough, t, tau)
+        if r + 1 < rounds:
+            need = need - above
+            active = in_bin
+    return tf.where(have_enough, tau, tf.fill([bp], np.int64(_INT64_MIN)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    bp: int  # padded batch size
+    k: int
+    chunks: tuple  # ((first storage chunk, number of storage chunks), ...) covering the catalogue
+    chunk_rows: int  # rows of a full chunk
+    sample_chunks: tuple  # the same over the strided sample
+    sample_chunk_rows: int
+    guess_rank: int  # rank j of the sample statistic used as the speculative threshold (0: none)
+    guess_level: int  # 1: block maxima, 2: group maxima
+    warm_chunks: int
+    limit: int  # candidate buffer size that triggers a compaction
+
+
+def _chunk_plan(n_storage: int, per_chunk: int) -> tuple:
+    per_chunk = max(1, min(n_storage, per_chunk))
+    return tuple((s, min(per_chunk, n_storage - s)) for s in range(0, n_storage, per_chunk))
+
+
+class CatalogueScorer:
+    """Holds a catalogue on the TensorFlow device and scores batches of users exactly.
+
+    Parameters
+    ----------
+    catalogue: float32 [N, d], rows L2-normalised (exactness does not depend on it).
+    batch_size: users per compiled batch; a smaller batch is padded to a power of two, so at
+        most log2(batch_size)+1 graphs are traced per k.
+    tile_elements: scores held per chunk: a chunk has ~tile_elements / padded_batch rows.
+    dense_elements: batches with padded_batch * N <= dense_elements (single users, small
+        batches) use the dense path: per-chunk ``top_k`` on full chunks (chunks run in parallel),
+        then one merge. Larger batches use the pruned streaming path.
+    block, group: songs per block (block maxima) and blocks per group (group maxima).
+    sample_stride: every sample_stride-th song forms the sample that sets the speculative
+        threshold; guess_factor: the threshold aims at guess_factor * k candidates per user.
+    warmup_rows: rows seeding the threshold when no guess is used (fallback path).
+    compact_factor: the candidate buffer is compacted to ~k per user (raising the threshold)
+        whenever it exceeds compact_factor * k per user (checked after every chunk).
+    device: e.g. "/GPU:0"; None lets TensorFlow choose (GPU if visible).
+
+    ``last_stats`` (dict) reports per call how many users needed the exact fallback.
+    """
+
+    def __init__(
+        self,
+        catalogue,
+        *,
+        batch_size: int = 256,
+        tile_elements: int = 1 << 20,
+        dense_elements: int = 1 << 23,
+        block: int = 8,
+        group: int = 8,
+        storage_rows: int = 1024,
+        sample_stride: int = 16,
+        guess_factor: float = 2.0,
+        warmup_rows: int = 16384,
+        compact_factor: float = 4.0,
+        histogram_bins: int = 256,
+        parallel_iterations: int = 2,
+        device: Optional[str] = None,
+    ):
+        arr = _validate_catalogue(catalogue)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.num_songs, self.dim = int(arr.shape[0]), int(arr.shape[1])
+        self.batch_size = int(batch_size)
+        self.block, self.group = int(block), int(group)
+        unit = self.block * self.group
+        if storage_rows % unit or storage_rows % 16:
+            raise ValueError("storage_rows must be a multiple of block*group and of 16")
+        self.tile_elements = int(tile_elements)
+        self.dense_elements = int(dense_elements)
+        self.sample_stride = max(1, int(sample_stride))
+        self.guess_factor = float(guess_factor)
+        self.warmup_rows = int(warmup_rows)
+        self.compact_factor = float(compact_factor)
+        self.histogram_bins = int(histogram_bins)
+        self.parallel_iterations = int(parallel_iterations)
+        self.device = device
+        self.last_stats = {}
+        self._fns = {}
+        with tf.device(device) if device else _nullcontext():
+            self._cat3, self.storage_rows, self.n_storage = self._store(arr, int(storage_rows), unit)
+            sample = arr[:: self.sample_stride]
+            self.num_sample = int(sample.shape[0])
+            self._samp3, self.sample_storage_rows, self.n_sample_storage = self._store(
+                np.ascontiguousarray(sample), int(storage_rows), unit
+            )
+
+    @staticmethod
+    def _store(arr: np.ndarray, storage_rows: int, unit: int):
+        """[n_chunks, Cs, d] with zero padding rows: indexing dimension 0 yields zero-copy views
+        (Cs*d*4 bytes is a multiple of 64), which row slices of an [N, 90] tensor would not."""
+        n, d = arr.shape
+        cs = min(storage_rows, -(-n // unit) * unit)
+        ns = -(-n // cs)
+        if ns * cs != n:
+            arr = np.concatenate([arr, np.zeros((ns * cs - n, d), np.float32)])
+        return tf.constant(arr.reshape(ns, cs, d)), cs, ns
+
+    # -- planning ---------------------------------------------------------------------------
+
+    def padded_batch(self, b: int) -> int:
+        """Batch size a batch of b users is padded to (power of two, at most batch_size)."""
+        bp = 1
+        while bp < b:
+            bp *= 2
+        return min(bp, self.batch_size)
+
+    def is_dense(self, bp: int) -> bool:
+        return bp * self.n_storage * self.storage_rows <= self.dense_elements
+
+    def _plan(self, bp: int, k: int, guess: bool) -> _Plan:
+        cs = self.storage_rows
+        per = max(1, (self.tile_elements // bp) // cs)
+        chunks = _chunk_plan(self.n_storage, per)
+        rows = chunks[0][1] * cs
+        scs = self.sample_storage_rows
+        sample_chunks = _chunk_plan(self.n_sample_storage, max(1, (self.tile_elements // bp) // scs))
+        guess_rank, level = 0, 1
+        if guess:
+            j = int(math.ceil(self.guess_factor * k * self.num_sample / self.num_songs))
+            groups = self.num_sample // (self.block * self.group)
+            blocks = self.num_sample // self.block
+            if j <= groups // 8:
+                guess_rank, level = j, 2
+            elif j <= blocks // 2:
+                guess_rank, level = j, 1
+        warm = min(len(chunks), max(1, -(-self.warmup_rows // rows)))
+        factor = self.compact_factor if guess_rank else 2.0
+        limit = int(factor * k * bp)
+        return _Plan(bp, k, chunks, rows, sample_chunks, scs * sample_chunks[0][1], guess_rank, level, warm, limit)
+
+    def _function(self, kind: str, bp: int, k: int):
+        key = (kind, bp, k)
+        fn = self._fns.get(key)
+        if fn is None:
+            if kind == "dense":
+                body = lambda s, u, w, n: self._dense_graph(bp, k, s, u, w, n)  # noqa: E731
+            else:
+                plan = self._plan(bp, k, guess=(kind == "stream"))
+                body = lambda s, u, w, n: self._stream_graph(plan, s, u, w, n)  # noqa: E731
+            fn = tf.function(
+                body,
+                input_signature=(
+                    tf.TensorSpec([None], tf.int32),
+                    tf.TensorSpec([None], tf.int32),
+                    tf.TensorSpec([None], tf.float32),
+                    tf.TensorSpec([], tf.int32),
+                ),
+                autograph=False,
+            )
+            self._fns[key] = fn
+        return fn
+
+    # -- graph pieces ------------------------------------------------------------------------
+
+    def _profiles(self, bp, songs, users, weights, n_users):
+        flat = tf.reshape(self._cat3, [-1, self.dim])
+        listened = tf.gather(flat, songs) * weights[:, None]
+        prof = tf.math.unsorted_segment_sum(listened, users, bp)
+        real = tf.range(bp) < n_users
+        return tf.where(real[:, None], prof, flat[0:1])  # padding users get a harmless profile
+
+    def _chunk_scores(self, cat3, cs, n_valid, s0, ns, prof, excl, bp, rows_first=True):
+        """Scores of storage chunks s0..s0+ns-1: [rows, bp] (``rows_first``; oneDNN computes
+        F_c @ P^T faster than P @ F_c^T) or [bp, rows]. ``excl`` pairs (row, user) resp.
+        (user, row) and the padding rows past ``n_valid`` are set to -inf."""
+        rows = ns * cs
+        fc = tf.reshape(cat3[s0 : s0 + ns], [rows, self.dim])  # zero-copy view
+        if rows_first:
+            s = tf.matmul(fc, prof, transpose_b=True)
+        else:
+            s = tf.matmul(prof, fc, transpose_b=True)
+        s = tf.tensor_scatter_nd_update(s, excl, tf.fill(tf.shape(excl)[:1], -np.inf))
+        valid = min(rows, n_valid - s0 * cs)
+        if valid < rows:
+            mask = np.arange(rows) < valid
+            s = tf.where(tf.constant(mask[:, None] if rows_first else mask[None, :]), s, -np.inf)
+        return s
+
+    def _block_max(self, s):
+        """Scores [rows, bp] -> block maxima [bp, rows/block] (block j = songs j*block ...
+        j*block+block-1 of the chunk): a middle-axis reduction (vectorises), then a transpose
+        of the 8x smaller result so that rows are users."""
+        rows, bp = int(s.shape[0]), int(s.shape[1])
+        return tf.transpose(tf.reduce_max(tf.reshape(s, [rows // self.block, self.block, bp]), axis=1))
+
+    def _extract(self, s, m1, tau_s, row0, bp, inclusive=False):
+        """Songs of chunk scores ``s`` [C, bp] (block maxima ``m1`` [bp, C/block]) scoring
+        > tau_s[user] (>= and finite if ``inclusive``): (keys int64 [n], users int32 [n]),
+        sorted by user. Groups = ``group`` consecutive blocks; only the groups, then blocks,
+        then songs that pass are gathered."""
+        bs, grp = self.block, self.group
+        nb1 = int(m1.shape[1])
+        nb2 = nb1 // grp
+
+        def passes(x, t):
+            if inclusive:
+                return tf.logical_and(x >= t, x > -np.inf)
+            return x > t
+
+        m2 = tf.reduce_max(tf.reshape(m1, [bp, nb2, grp]), axis=2)
+        c2 = tf.cast(tf.where(passes(m2, tau_s[:, None])), tf.int32)  # (user, group), user-major
+        u2, g2 = c2[:, 0], c2[:, 1]
+        m1v = tf.gather(tf.reshape(m1, [bp * nb2, grp]), u2 * nb2 + g2)  # contiguous rows
+        c1 = tf.cast(tf.where(passes(m1v, tf.gather(tau_s, u2)[:, None])), tf.int32)
+        i1 = c1[:, 0]
+        u1 = tf.gather(u2, i1)
+        blk = tf.gather(g2, i1) * grp + c1[:, 1]
+        rows = blk[:, None] * bs + tf.range(bs)[None, :]  # [n1, bs] songs of each block
+        sv = tf.gather(tf.reshape(s, [-1]), rows * bp + u1[:, None])
+        c0 = tf.cast(tf.where(passes(sv, tf.gather(tau_s, u1)[:, None])), tf.int32)
+        vals = tf.gather_nd(sv, c0)
+        idx = tf.gather_nd(rows, c0) + row0
+        users = tf.gather(u1, c0[:, 0])
+        return _make_keys(vals, idx), users
+
+    def _compact(self, keys, codes, bp, k, rounds, excluded):
+        """Candidate buffer -> user-major order, listened songs dropped, and per user only the
+        candidates with key >= a threshold that leaves >= k (close to k) of them.
+
+        ``codes`` = piece * bp + user, where pieces were appended in order and each piece is
+        sorted by user, so codes are non-decreasing and the user-major permutation follows from
+        counts alone. ``excluded``: sorted codes user * N + song of the listened songs.
+        Returns (keys, users) user-major, the threshold keys and the per-user number of
+        non-listened candidates before thresholding."""
+        n = tf.shape(keys)[0]
+        users = tf.math.floormod(codes, bp)
+        slots = tf.maximum(tf.reduce_max(codes) // bp + 1, 1)
+        cnt = tf.math.bincount(codes, minlength=slots * bp, maxlength=slots * bp)
+        offset = tf.reshape(tf.cumsum(tf.reshape(cnt, [slots, bp]), axis=0, exclusive=True), [-1])
+        first = tf.cumsum(cnt, exclusive=True)
+        pos = tf.gather(offset, codes) + tf.range(n) - tf.gather(first, codes)
+        total = tf.reduce_sum(tf.reshape(cnt, [slots, bp]), axis=0)
+        dest = tf.gather(tf.cumsum(total, exclusive=True), users) + pos
+        perm = tf.math.invert_permutation(dest)
+        keys = tf.gather(keys, perm)
+        users = tf.gather(users, perm)
+        songs = tf.cast(users, tf.int64) * self.num_songs + _key_index(keys)
+        listened = tf.equal(tf.gather(excluded, tf.searchsorted(excluded, songs)), songs)
+        keys = tf.boolean_mask(keys, ~listened)
+        users = tf.boolean_mask(users, ~listened)
+        available = tf.math.unsorted_segment_sum(tf.ones_like(users), users, bp)
+        tau = _key_threshold(keys, users, bp, k, self.histogram_bins, rounds)
+        keep = keys >= tf.gather(tau, users)
+        return tf.boolean_mask(keys, keep), tf.boolean_mask(users, keep), tau, available
+
+    def _dense_graph(self, bp, k, songs, users, weights, n_users):
+        """Small batches: chunk scores, per-chunk top_k (chunks are independent, so they run in
+        parallel), then one merge of the per-chunk winners by (score desc, index asc) keys."""
+        prof = self._profiles(bp, songs, users, weights, n_users)
+        cs = self.storage_rows
+        per = max(1, -(-self.n_storage // 8))  # ~8 chunks: parallel and cache-friendly
+        chunks = _chunk_plan(self.n_storage, per)
+        crow = chunks[0][1] * cs
+        cid = songs // crow
+        parts = tf.dynamic_partition(tf.stack([users, songs - cid * crow], 1), cid, len(chunks))
+        keys = []
+        for ci, (s0, ns) in enumerate(chunks):
+            s = self._chunk_scores(self._cat3, cs, self.num_songs, s0, ns, prof, parts[ci], bp, rows_first=False)
+            kc = min(k, ns * cs)
+            v, i = tf.math.top_k(s, kc)
+            keys.append(_make_keys(v, i + s0 * cs))
+        allk = keys[0] if len(keys) == 1 else tf.concat(keys, axis=1)
+        top = tf.math.top_k(allk, k).values if len(keys) > 1 else allk[:, :k]
+        return _key_index(top), _key_scores(top), tf.ones([bp], tf.bool)
+
+    def _stream_graph(self, plan: _Plan, songs, users, weights, n_users):
+        bp, k = plan.bp, plan.k
+        cs, d = self.storage_rows, self.dim
+        cat3 = self._cat3
+        prof = self._profiles(bp, songs, users, weights, n_users)
+        inf = tf.constant(np.inf, tf.float32)
+        tau_s = tf.fill([bp], -inf)
+
+        if plan.guess_rank:
+            # Speculative threshold from the strided sample: the j-th best block (or group)
+            # maximum of the sample, j ~ guess_factor * k * sample/N, so that ~guess_factor * k
+            # songs of the catalogue beat it. Verified per user at the end (>= k candidates
+            # collected), otherwise the user is scored again on the always-exact path.
+            st = self.sample_stride
+            in_sample = tf.equal(songs % st, 0)
+            srows, susers = tf.boolean_mask(songs // st, in_sample), tf.boolean_mask(users, in_sample)
+            scrow = plan.sample_chunk_rows
+            scid = srows // scrow
+            sparts = tf.dynamic_partition(
+                tf.stack([srows - scid * scrow, susers], 1), scid, len(plan.sample_chunks)
+            )
+            stats = []
+            scs = self.sample_storage_rows
+            for ci, (s0, ns) in enumerate(plan.sample_chunks):
+                sc = self._chunk_scores(self._samp3, scs, self.num_sample, s0, ns, prof, sparts[ci], bp)
+                m = self._block_max(sc)
+                if plan.guess_level == 2:
+                    m = tf.reduce_max(tf.reshape(m, [bp, -1, self.group]), axis=2)
+                stats.append(m)
+            allm = stats[0] if len(stats) == 1 else tf.concat(stats, 1)
+            tau_s = tf.math.top_k(allm, plan.guess_rank, sorted=True).values[:, -1]
+
+        n_chunks = len(plan.chunks)
+        crow = plan.chunk_rows
+        cid = songs // crow
+        parts = tf.dynamic_partition(tf.stack([songs - cid * crow, users], 1), cid, n_chunks)
+        # Inside the loop listened songs are not masked in the scores (an in-loop scatter would
+        # copy the tile); they may become candidates and are dropped, before any threshold is
+        # computed from the buffer and before the final selection, by this membership test.
+        excluded = tf.concat(
+            [tf.sort(tf.cast(users, tf.int64) * self.num_songs + tf.cast(songs, tf.int64)), [_INT64_MAX]], 0
+        )
+
+        def new_arrays():
+            return (
+                tf.TensorArray(tf.int64, size=0, dynamic_size=True, infer_shape=False, element_shape=[None]),
+                tf.TensorArray(tf.int32, size=0, dynamic_size=True, infer_shape=False, element_shape=[None]),
+            )
+
+        def append(state, keys, usr):
+            ta_k, ta_c, slot, total = state
+            return ta_k.write(slot, keys), ta_c.write(slot, usr + slot * bp), slot + 1, total + tf.shape(keys)[0]
+
+        def maybe_compact(state, tau_s):
+            """Bounds memory: when the buffer exceeds the limit, keep ~k candidates per user and
+            raise the threshold to (about) the k-th best so far."""
+            ta_k, ta_c, slot, total = state
+
+            def compact():
+                keys, usr, tk, _ = self._compact(ta_k.concat(), ta_c.concat(), bp, k, 1, excluded)
+                nk, nc = new_arrays()
+                return (
+                    nk.write(0, keys), nc.write(0, usr), tf.constant(1), tf.shape(keys)[0],
+                    tf.maximum(tau_s, _key_score_threshold(tk)),
+                )
+
+            def keep():
+                return ta_k, ta_c, slot, total, tau_s
+
+            out = tf.cond(total > plan.limit, compact, keep)
+            return tuple(out[:4]), out[4]
+
+        def process(state, tau_s, s0, ns, scores, inclusive=False):
+            m1 = self._block_max(scores)
+            return append(state, *self._extract(scores, m1, tau_s, s0 * cs, bp, inclusive))
+
+        state = new_arrays() + (tf.constant(0), tf.constant(0))
+        first = 0
+        if not plan.guess_rank:
+            # No guess: seed a valid threshold from the warm-up block maxima (k distinct blocks
+            # with max >= tau0 hold k songs >= tau0), extract the warm-up songs >= tau0.
+            first = plan.warm_chunks
+            warm = []
+            for ci in range(first):
+                s0, ns = plan.chunks[ci]
+                sc = self._chunk_scores(cat3, cs, self.num_songs, s0, ns, prof, parts[ci], bp)
+                warm.append((sc, self._block_max(sc)))
+            allm = warm[0][1] if len(warm) == 1 else tf.concat([w[1] for w in warm], 1)
+            tau0 = _float_block_threshold(allm, k, 1024)
+            for ci, (sc, _) in enumerate(warm):
+                s0, ns = plan.chunks[ci]
+                state = process(state, tau0, s0, ns, sc, inclusive=True)
+            tau_s = tau0  # later songs (higher index) must beat tau0 strictly
+            state, tau_s = maybe_compact(state, tau_s)
+
+        last = n_chunks - 1
+        if first < last:
+            g = plan.chunks[first][1]
+            rows = g * cs
+
+            def body(c, tau_s, *state):
+                s0 = c * g
+                fc = tf.reshape(cat3[s0 : s0 + g], [rows, d])  # zero-copy view
+                sc = tf.matmul(fc, prof, transpose_b=True)  # [rows, bp]
+                st = process(tuple(state), tau_s, s0, g, sc)
+                st, tau_s = maybe_compact(st, tau_s)
+                return (c + 1, tau_s) + tuple(st)
+
+            out = tf.while_loop(
+                lambda c, *_: c < last,
+                body,
+                (tf.constant(first), tau_s) + tuple(state),
+                parallel_iterations=self.parallel_iterations,
+            )
+            tau_s, state = out[1], tuple(out[2:])
+        if last >= first:
+            s0, ns = plan.chunks[last]
+            sc = self._chunk_scores(cat3, cs, self.num_songs, s0, ns, prof, parts[last], bp)
+            state = process(state, tau_s, s0, ns, sc)
+
+        ta_k, ta_c, _, _ = state
+        keys, usr, _, available = self._compact(ta_k.concat(), ta_c.concat(), bp, k, 2, excluded)
+        # Every candidate beats tau_s >= the guess; with >= k of them the guess was safe.
+        ok = available >= k
+        counts = tf.math.unsorted_segment_sum(tf.ones_like(usr), usr, bp)
+        pos = tf.range(tf.shape(usr)[0]) - tf.gather(tf.cumsum(counts, exclusive=True), usr)
+        width = tf.maximum(tf.reduce_max(counts), k)
+        dense = tf.tensor_scatter_nd_update(
+            tf.fill([bp, width], np.int64(_INT64_MIN)), tf.stack([usr, pos], axis=1), keys
+        )
+        top = tf.sort(dense, axis=1, direction="DESCENDING")[:, :k]
+        return _key_index(top), _key_scores(top), ok
+
+    # -- public ------------------------------------------------------------------------------
+
+    def _run(self, kind, packed: PackedHistories, k: int):
+        nb = packed.num_users
+        bp = self.padded_batch(nb)
+        if kind != "dense" and self.is_dense(bp):
+            kind = "dense"
+        fn = self._function(kind, bp, k)
+        songs = packed.values.astype(np.int32)
+        users = np.repeat(np.arange(nb, dtype=np.int32), packed.lengths())
+        w = packed.weights if packed.weights is not None else np.ones(songs.shape[0], np.float32)
+        idx, sc, ok = fn(
+            tf.constant(songs), tf.constant(users), tf.constant(w.astype(np.float32, copy=False)),
+            tf.constant(nb, tf.int32),
+        )
+        return idx.numpy()[:nb], sc.numpy()[:nb], ok.numpy()[:nb]
+
+    def recommend_packed(self, packed: PackedHistories, k: int = DEFAULT_K):
+        """Top-k for already packed and validated histories (see ``pack_histories``/``check_k``)."""
+        k = _check_k_value(k)
+        b = packed.num_users
+        out_idx = np.zeros((b, k), np.int64)
+        out_sc = np.zeros((b, k), np.float32)
+        fallbacks = 0
+        for start in range(0, b, self.batch_size):
+            stop = min(b, start + self.batch_size)
+            part = packed.slice(start, stop)
+            idx, sc, ok = self._run("stream", part, k)
+            bad = np.flatnonzero(~ok)
+            if bad.size:
+                # The speculative threshold was too high for these users (e.g. many tied
+                # scores): score them again with the always-exact path.
+                fallbacks += int(bad.size)
+                sub = _subset(part, bad)
+                for s2 in range(0, bad.size, self.batch_size):
+                    piece = sub.slice(s2, min(bad.size, s2 + self.batch_size))
+                    i2, c2, _ = self._run("exact", piece, k)
+                    idx[bad[s2 : s2 + piece.num_users]] = i2
+                    sc[bad[s2 : s2 + piece.num_users]] = c2
+            out_idx[start:stop] = idx
+            out_sc[start:stop] = sc
+        self.last_stats = {"users": b, "fallback_users": fallbacks}
+        return out_idx, out_sc
+
+    def recommend(self, histories, k: int = DEFAULT_K, weights=None):
+        """``(indices int64 [B, k], scores float32 [B, k])``, best first; see the module docs."""
+        k = _check_k_value(k)
+        packed = pack_histories(histories, weights, num_songs=self.num_songs)
+        _check_k_packed(packed, self.num_songs, k)
+        return self.recommend_packed(packed, k)
+
+
+def _subset(packed: PackedHistories, rows: np.ndarray) -> PackedHistories:
+    lengths = packed.lengths()[rows]
+    splits = np.zeros(rows.size + 1, np.int64)
+    np.cumsum(lengths, out=splits[1:])
+    take = np.concatenate(
+        [np.arange(packed.row_splits[r], packed.row_splits[r + 1]) for r in rows]
+    ) if rows.size else np.zeros(0, np.int64)
+    take = take.astype(np.int64)
+    return PackedHistories(
+        values=packed.values[take],
+        row_splits=splits,
+        weights=None if packed.weights is None else packed.weights[take],
+    )
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def recommend(catalogue, histories, k: int = DEFAULT_K, weights=None, *, batch_size: int = 256, **options):
+    """Exact top-k recommendations: ``(indices int64 [B, k], scores float32 [B, k])``.
+
+    ``catalogue`` float32 [N, d] (L2-normalised rows); ``histories`` B sequences of row indices
+    (duplicates allowed); ``weights`` optional, parallel to ``histories``. Listened songs are
+    excluded, ties go to the lower index. Raises ``ValueError`` if ``k`` exceeds the songs left
+    for some user. For repeated calls build a ``CatalogueScorer`` once instead.
+    """
+    k = _check_k_value(k)
+    arr = _validate_catalogue(catalogue)
+    packed = pack_histories(histories, weights, num_songs=arr.shape[0])
+    _check_k_packed(packed, arr.shape[0], k)
+    if packed.num_users == 0:
+        return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+    scorer = CatalogueScorer(arr, batch_size=min(batch_size, max(1, packed.num_users)), **options)
+    return scorer.recommend_packed(packed, k)
