@@ -1,0 +1,379 @@
+"""The offline evaluation: baselines and metrics by hand on tiny data, the same numbers from
+Parquet, a Kaggle submission and BigQuery, and the content model against a random ranking on
+synthetic data with planted styles."""
+import hashlib
+import json
+import math
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import evaluate
+from transforms.write_recommendations import PARQUET_SCHEMA
+
+RUN_DATE = "2024-06-01"
+
+
+def user(name: str) -> str:
+    return hashlib.sha1(name.encode()).hexdigest()
+
+
+def song(letter: str) -> str:
+    return f"SO{letter * 16}"
+
+
+U1, U2, U3 = user("u1"), user("u2"), user("u3")
+VISIBLE = {U1: "AB", U2: "AC", U3: "ABD"}
+HIDDEN = {U1: "CE", U2: "B", U3: "E"}
+# The content model's lists (best first) and who the job served by its fallback.
+CONTENT = {U1: "EFC", U2: "DBG", U3: "CAB"}
+
+
+def write_triplets(path, listens):
+    with open(path, "w") as handle:
+        for user_id, letters in listens.items():
+            for letter in letters:
+                handle.write(f"{user_id}\t{song(letter)}\t2\n")
+    return str(path)
+
+
+def write_run(folder, lists, models=None, history_sizes=None):
+    """A run of the job's Parquet output with scores that fall with the rank."""
+    rows = []
+    for user_id, letters in lists.items():
+        rows.append({
+            "user_id": user_id,
+            "model": (models or {}).get(user_id, "timbre_cosine"),
+            "history_size": (history_sizes or {}).get(user_id, len(VISIBLE.get(user_id, ""))),
+            "recommendations": [{"rank": rank, "song_id": song(letter),
+                                 "track_id": f"TR{letter * 16}", "score": 1.0 - 0.1 * rank}
+                                for rank, letter in enumerate(letters, 1)]})
+    partition = folder / f"run_date={RUN_DATE}"
+    partition.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=PARQUET_SCHEMA),
+                   partition / "part-00000-of-00001.parquet")
+    return str(folder)
+
+
+@pytest.fixture()
+def tiny(tmp_path):
+    return {"visible": write_triplets(tmp_path / "visible.txt", VISIBLE),
+            "hidden": write_triplets(tmp_path / "hidden.txt", HIDDEN),
+            "recommendations": write_run(
+                tmp_path / "recommendations", CONTENT,
+                models={U3: "timbre_cosine:popularity_fallback"}, history_sizes={U2: 5}),
+            "out": tmp_path / "out", "tmp": tmp_path}
+
+
+def run_main(capsys, *args):
+    code = evaluate.main([str(arg) for arg in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def read_report(out_dir):
+    data = json.loads((out_dir / evaluate.METRICS_FILE).read_text())
+    page = (out_dir / evaluate.REPORT_FILE).read_text()
+    return data, page
+
+
+# --- baselines ------------------------------------------------------------------------------
+
+def test_popularity_baseline_by_hand():
+    songs = evaluate.SongCodes()
+    visible = {user_id: {songs.code(song(letter)): 1 for letter in letters}
+               for user_id, letters in VISIBLE.items()}
+    popularity = evaluate.listener_counts(visible, len(songs))
+    ranking = evaluate.popularity_ranking(popularity, songs)
+    # listeners: A 3, B 2, C 1, D 1 (C before D: ties go by song id)
+    assert [songs.ids[c] for c in ranking] == [song("A"), song("B"), song("C"), song("D")]
+
+    def baseline(user_id, length):
+        return [songs.ids[c] for c in evaluate.popularity_list(ranking, visible[user_id], length)]
+    assert baseline(U1, 2) == [song("C"), song("D")]       # minus their own A and B
+    assert baseline(U2, 5) == [song("B"), song("D")]       # only listened songs are ranked
+    assert baseline(U3, 1) == [song("C")]
+
+
+def test_blend_order_trades_content_for_popularity():
+    scores = np.array([3.0, 2.0, 1.0])
+    popular = np.array([-1.0, 0.0, 2.0])
+    assert evaluate.blend_order(scores, popular, 0.0).tolist() == [0, 1, 2]
+    assert evaluate.blend_order(scores, popular, 1.0).tolist() == [2, 1, 0]
+    # equal blended scores keep the content order
+    assert evaluate.blend_order(np.zeros(3), np.zeros(3), 0.5).tolist() == [0, 1, 2]
+
+
+def test_random_list_is_uniform_and_skips_own_songs():
+    rng = np.random.default_rng(0)
+    catalogue = np.arange(100)
+    firsts = [evaluate.random_list(rng, catalogue, [3, 4], 5) for _ in range(2000)]
+    assert all(len(set(x.tolist())) == 5 and not {3, 4} & set(x.tolist()) for x in firsts)
+    counts = np.bincount(np.concatenate(firsts), minlength=100)
+    assert counts[[3, 4]].sum() == 0
+    others = np.delete(counts, [3, 4])
+    assert others.min() > 0.5 * others.mean() and others.max() < 1.5 * others.mean()
+    big = np.arange(10_000)
+    scratch = np.zeros(10_000, dtype=bool)       # the fast exclusion path leaves it clean
+    drawn = evaluate.random_list(rng, big, range(50), 500, scratch)
+    assert len(set(drawn.tolist())) == 500 and drawn.min() >= 50 and not scratch.any()
+    candidates = rng.permutation(big)[:700]
+    assert (evaluate.without_own(candidates, np.arange(0, 10_000, 3), scratch).tolist()
+            == evaluate.without_own(candidates, np.arange(0, 10_000, 3)).tolist()
+            == [c for c in candidates.tolist() if c % 3])
+
+
+# --- the holdout split ------------------------------------------------------------------------
+
+def test_holdout_split_sizes_and_determinism():
+    songs = evaluate.SongCodes()
+    listens = {user(f"h{n}"): {songs.code(f"SO{n:04d}{i:012d}"): 1 for i in range(n)}
+               for n in range(1, 12)}
+    visible, hidden = evaluate.holdout_split(listens, songs, 0.5, seed=3)
+    for user_id, history in listens.items():
+        n = len(history)
+        seen, held = visible[user_id].keys(), hidden.get(user_id, {}).keys()
+        assert not seen & held and seen | held == history.keys()
+        assert len(held) == (0 if n == 1 else max(1, math.floor(0.5 * n)))
+    again_visible, _ = evaluate.holdout_split(listens, songs, 0.5, seed=3)
+    assert again_visible == visible
+    # a user's split does not depend on the other users
+    one = {user("h7"): listens[user("h7")]}
+    assert evaluate.holdout_split(one, songs, 0.5, seed=3)[0] == {user("h7"): visible[user("h7")]}
+    other_seed, _ = evaluate.holdout_split(listens, songs, 0.5, seed=4)
+    assert other_seed != visible
+
+
+def test_write_split_round_trips(tmp_path, capsys):
+    listens = write_triplets(tmp_path / "all.txt",
+                             {U1: "ABCDEF", U2: "ABCD", U3: "EFGH"})
+    code, _, err = run_main(capsys, "--listens", listens, "--holdout_fraction", 0.5, "--seed", 9,
+                            "--write_split", tmp_path / "split", "--recommendations",
+                            write_run(tmp_path / "recs", {U1: "GH"}), "--output_dir",
+                            tmp_path / "out", "--blend", "none")
+    assert code == 0, err
+    visible = (tmp_path / "split" / "visible.txt").read_text().splitlines()
+    hidden = (tmp_path / "split" / "hidden.txt").read_text().splitlines()
+    assert len(visible) == 3 + 2 + 2 and len(hidden) == 3 + 2 + 2
+    assert sorted(visible + hidden) == sorted((tmp_path / "all.txt").read_text().splitlines())
+    # the split alone (to run the job on visible.txt first): same files, no report
+    code, _, err = run_main(capsys, "--listens", listens, "--holdout_fraction", 0.5, "--seed", 9,
+                            "--write_split", tmp_path / "split_only")
+    assert code == 0, err
+    assert (tmp_path / "split_only" / "visible.txt").read_text().splitlines() == visible
+
+
+# --- the metrics by hand, end to end ------------------------------------------------------------
+
+def test_evaluation_by_hand(capsys, tiny):
+    code, out, err = run_main(capsys, "--visible", tiny["visible"], "--hidden", tiny["hidden"],
+                              "--recommendations", tiny["recommendations"], "--k", 3,
+                              "--precision_k", 2, "--blend", "0,1", "--output_dir", tiny["out"])
+    assert code == 0, err
+    data, page = read_report(tiny["out"])
+    models = data["models"]
+    # content: U1 [E F C] vs {C, E}: (1/1 + 2/3)/2; U2 [D B G] vs {B}: (1/2)/1; U3 is marked as
+    # the job's fallback → popularity minus A, B, D = [C] vs {E}: 0
+    assert models["content"]["map"] == pytest.approx(((1 + 2 / 3) / 2 + 0.5 + 0) / 3)
+    assert models["content"]["precision"] == pytest.approx((1 / 2 + 1 / 2 + 0) / 3)
+    assert models["content"]["recall"] == pytest.approx((2 / 2 + 1 + 0) / 3)
+    assert models["content"]["fallback_share"] == pytest.approx(1 / 3)
+    assert models["content"]["name"] == "timbre_cosine"
+    # catalogue = songs seen anywhere (A–G); recommended within k: B C D E F G
+    assert models["content"]["coverage"] == pytest.approx(6 / 7)
+    # popularity: U1 [C D] vs {C, E}: 1/2; U2 [B D] vs {B}: 1; U3 [C]: 0
+    assert models["popularity"]["map"] == pytest.approx((0.5 + 1 + 0) / 3)
+    assert models["popularity"]["fallback_share"] == 0
+    # mean popularity of the content slots: E0 F0 C1 | D1 B2 G0 | C1 → 5/7
+    assert models["content"]["mean_popularity"] == pytest.approx(5 / 7)
+    # blends re-rank the job's own lists: α = 0 is the content order, α = 1 sorts the same
+    # candidates by popularity: U1 [C E F] → 1, U2 [B D G] → 1, U3 fallback → 0
+    assert models["blend_0"]["map"] == pytest.approx(models["content"]["map"])
+    assert models["blend_1"]["map"] == pytest.approx(2 / 3)
+    assert data["blend"]["best_alpha"] == 1 and data["best_model"] == "blend_1"
+    assert "re-order" in data["blend"]["candidates"]
+    # U2's history_size (5) is larger than its 2 visible songs: the job saw more than visible
+    assert any("history_size" in warning for warning in data["warnings"])
+    assert data["data"]["users_evaluated"] == 3
+    assert data["protocol"]["list_length"] == 3
+    by_history = {b["bucket"]: b for b in models["content"]["by_history"]}
+    assert by_history["1–4"]["users"] == 3
+    assert "timbre_cosine" in out and "wrote" in out
+    assert "<svg" in page and "0.4444" in page
+
+
+def test_parquet_submission_and_bigquery_agree(capsys, tmp_path):
+    lists = {U1: "EFC", U2: "DBG", U3: "FGH"}
+    visible = write_triplets(tmp_path / "visible.txt", VISIBLE)
+    hidden = write_triplets(tmp_path / "hidden.txt", HIDDEN)
+    recommendations = write_run(tmp_path / "recs", lists)
+    letters = "ABCDEFGH"
+    (tmp_path / "kaggle_songs.txt").write_text(
+        "".join(f"{song(letter)} {index}\n" for index, letter in enumerate(letters, 1)))
+    (tmp_path / "kaggle_users.txt").write_text(f"{U2}\n{U1}\n{U3}")
+    (tmp_path / "submission.txt").write_text("".join(
+        " ".join(str(letters.index(x) + 1) for x in lists[u]) + "\n" for u in (U2, U1, U3)))
+    common = ["--visible", visible, "--hidden", hidden, "--k", 3, "--blend", "none"]
+    assert run_main(capsys, *common, "--recommendations", recommendations,
+                    "--output_dir", tmp_path / "a")[0] == 0
+    assert run_main(capsys, *common, "--submission", tmp_path / "submission.txt",
+                    "--kaggle_users", tmp_path / "kaggle_users.txt", "--kaggle_songs",
+                    tmp_path / "kaggle_songs.txt", "--output_dir", tmp_path / "b")[0] == 0
+    from_parquet = read_report(tmp_path / "a")[0]["models"]["content"]
+    from_submission = read_report(tmp_path / "b")[0]["models"]["content"]
+    numbers = ("map", "precision", "recall", "ndcg", "mean_popularity", "fallback_share",
+               "mean_list_length", "gini", "coverage")
+    assert {k: from_parquet[k] for k in numbers} == {k: from_submission[k] for k in numbers}
+    assert from_parquet["map"] > 0
+    # two sources of the catalogue (songs seen; kaggle_songs) that hold the same 8 songs
+    sources = [read_report(tmp_path / d)[0]["data"] for d in "ab"]
+    assert [s["catalogue_songs"] for s in sources] == [8, 8]
+    assert sources[1]["catalogue_source"].startswith("--kaggle_songs")
+
+    # BigQuery: the same rows, answered by a stand-in client
+    table = pq.read_table(str(tmp_path / "recs" / f"run_date={RUN_DATE}"))
+
+    class Client:
+        def query(self, sql, job_config=None):
+            self.sql, self.config = sql, job_config
+            return type("Job", (), {"result": lambda _self: type(
+                "Rows", (), {"to_arrow": lambda _r: table})()})()
+    client = Client()
+    songs = evaluate.SongCodes()
+    from_bigquery = evaluate.read_bigquery_recommendations("bq://my-project.music.recs",
+                                                           RUN_DATE, songs, client=client)
+    assert "`my-project.music.recs`" in client.sql and "@run_date" in client.sql
+    [parameter] = client.config.query_parameters
+    assert (parameter.name, parameter.type_, str(parameter.value)) == ("run_date", "DATE",
+                                                                       RUN_DATE)
+    from_disk = evaluate.read_parquet_recommendations(recommendations, None, songs)
+    assert from_disk.run_date == RUN_DATE
+    assert {u: x.tolist() for u, x in from_bigquery.lists.items()} == {
+        u: x.tolist() for u, x in from_disk.lists.items()}
+    with pytest.raises(evaluate.EvaluationError, match="not a BigQuery table"):
+        evaluate.bigquery_recommendations_job("bq://x.y", RUN_DATE)
+
+
+def test_parquet_reader_orders_by_rank_and_drops_repeats(tmp_path):
+    row = {"user_id": U1, "model": "m", "history_size": 2, "recommendations": [
+        {"rank": 3, "song_id": song("C"), "track_id": "TR" + "C" * 16, "score": 0.1},
+        {"rank": 1, "song_id": song("A"), "track_id": "TR" + "A" * 16, "score": 0.9},
+        {"rank": 2, "song_id": song("A"), "track_id": "TR" + "Z" * 16, "score": 0.5},
+        {"rank": 4, "song_id": None, "track_id": "TR" + "Y" * 16, "score": 0.0}]}
+    folder = tmp_path / f"run_date={RUN_DATE}"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist([row, dict(row, model="again")], schema=PARQUET_SCHEMA),
+                   folder / "part-0.parquet")
+    songs = evaluate.SongCodes()
+    result = evaluate.read_parquet_recommendations(str(tmp_path), None, songs)
+    assert [songs.ids[c] for c in result.lists[U1]] == [song("A"), song("C")]
+    assert result.scores[U1].tolist() == [0.9, 0.1]
+    assert result.entries_dropped == 2 and result.rows_dropped == 1
+    assert result.model_of_user[U1] == "m"
+
+
+# --- planted styles: the content model against chance ----------------------------------------
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """Songs of the synthetic generator's styles as 90 timbre statistics (standardised, then
+    L2-normalised, as --normalization zscore_l2 does), and its users' listens."""
+    from msd import synthetic, timbre
+
+    root = tmp_path_factory.mktemp("planted")
+    catalogue = synthetic.build_catalogue(400, seed=11, num_styles=8)
+    rng = np.random.default_rng(11)
+    features = np.array([timbre.timbre_statistics(synthetic.sample_song_timbre(
+        rng, catalogue.styles, int(catalogue.style[i]), 300)) for i in range(len(catalogue))])
+    features = (features - features.mean(0)) / features.std(0)
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    csv_path = root / "features.csv"
+    with open(csv_path, "w") as handle:
+        handle.write("track_id,song_id," + ",".join(f"f{j:02d}" for j in range(90)) + "\n")
+        for i in range(len(catalogue)):
+            handle.write(f"{catalogue.track_ids[i]},{catalogue.song_ids[i]},"
+                         + ",".join(f"{v:.9g}" for v in features[i]) + "\n")
+    listens = root / "listens.txt"
+    with open(listens, "w") as handle:
+        for history in synthetic.iter_user_histories(catalogue, 250):
+            for index, count in zip(history.songs, history.play_counts):
+                handle.write(f"{history.user_id}\t{catalogue.song_ids[index]}\t{count}\n")
+    return {"features": str(csv_path), "listens": str(listens), "root": root}
+
+
+def test_content_beats_random_on_planted_styles_and_the_report_shows_it(capsys, planted):
+    out = planted["root"] / "report"
+    code, stdout, err = run_main(capsys, "--listens", planted["listens"], "--holdout_fraction",
+                                 0.5, "--seed", 2, "--features", planted["features"], "--k", 50,
+                                 "--blend", "0.2,0.5,0.8", "--output_dir", out)
+    assert code == 0, err
+    data, page = read_report(out)
+    models = data["models"]
+    content, chance = models["content"], models["random"]
+    # content is far above chance, and its 95 % interval (the plot's error bar) clear of it
+    assert content["map"] > 2 * chance["map"] and content["map"] - chance["map"] > 0.05
+    assert (content["map"] - 1.96 * content["map_standard_error"]
+            > chance["map"] + 1.96 * chance["map_standard_error"])
+    assert content["precision"] > 2 * chance["precision"]
+    assert content["fallback_share"] == 0
+    assert content["vs_popularity"]["map_difference"] == pytest.approx(
+        content["map"] - models["popularity"]["map"])
+    # the popularity baseline piles onto few songs, random spreads over the catalogue
+    assert models["popularity"]["gini"] > content["gini"] > chance["gini"]
+    assert models["popularity"]["coverage"] < content["coverage"]
+    # every blend is reported and the best one is the best of them
+    blends = [models[f"blend_{a:g}"]["map"] for a in (0.2, 0.5, 0.8)]
+    assert data["blend"]["best_map"] == max(blends)
+    assert "kernel" in data["blend"]["candidates"]
+    # the page: the five plots inline, nothing fetched from the network
+    assert page.count("<svg") == 5
+    assert not re.search(r"""(?:src|href)\s*=\s*["'](?:https?:)?//""", page)
+    assert "<script" not in page and "<link" not in page
+    for label in ("mAP by history length", "Coverage and concentration",
+                  "Popularity of recommended songs", "Blend of content score"):
+        assert label in page
+    assert f"{content['map']:.4f}" in page and f"{chance['map']:.4f}" in page
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make_args,message", [
+    (lambda t: ["--visible", t["tmp"] / "nope.txt", "--hidden", t["hidden"],
+                "--recommendations", t["recommendations"]], "--visible"),
+    (lambda t: ["--visible", t["visible"], "--hidden", t["hidden"]], "no content model"),
+    (lambda t: ["--listens", t["visible"], "--recommendations", t["recommendations"]],
+     "--holdout_fraction"),
+    (lambda t: ["--visible", t["visible"], "--recommendations", t["recommendations"]],
+     "--visible and --hidden"),
+    (lambda t: ["--visible", t["visible"], "--hidden", t["hidden"], "--recommendations",
+                t["recommendations"], "--blend", "0.1,heavy"], "not a number"),
+    (lambda t: ["--visible", t["visible"], "--hidden", t["hidden"], "--recommendations",
+                t["recommendations"], "--run_date", "2020-01-01"], "no such run"),
+    (lambda t: ["--visible", t["visible"], "--hidden", t["hidden"], "--recommendations",
+                t["tmp"] / "missing"], "no such folder"),
+    (lambda t: ["--visible", t["visible"], "--hidden", t["hidden"], "--submission",
+                t["visible"]], "--kaggle_users"),
+    (lambda t: ["--listens", t["visible"], "--holdout_fraction", 1.5, "--recommendations",
+                t["recommendations"]], "between 0 and 1"),
+])
+def test_errors_are_one_line_and_exit_non_zero(capsys, tiny, make_args, message):
+    code, out, err = run_main(capsys, *make_args(tiny), "--output_dir", tiny["out"])
+    assert code == 1
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tiny["out"] / evaluate.METRICS_FILE).exists()
+
+
+def test_a_submission_that_does_not_match_its_users_is_refused(capsys, tiny):
+    tmp = tiny["tmp"]
+    (tmp / "kaggle_songs.txt").write_text(f"{song('A')} 1\n{song('B')} 2\n")
+    (tmp / "kaggle_users.txt").write_text(f"{U1}\n{U2}\n")
+    (tmp / "submission.txt").write_text("1 2\n2 3\n")
+    code, _, err = run_main(capsys, "--visible", tiny["visible"], "--hidden", tiny["hidden"],
+                            "--submission", tmp / "submission.txt", "--kaggle_users",
+                            tmp / "kaggle_users.txt", "--kaggle_songs", tmp / "kaggle_songs.txt",
+                            "--output_dir", tiny["out"])
+    assert code == 1 and "line 2: index outside 1..2" in err
