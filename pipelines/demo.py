@@ -88,7 +88,8 @@ def show_recommendations(recommendations: str, songs: str, listens: pathlib.Path
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.ERROR)  # the demo prints its own account of each step
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     out = pathlib.Path(args.output_dir).resolve()
     sample = out / "synthetic"
     print(f"1/3 synthesizing {args.num_songs} songs and {args.num_users} users → {sample}")
