@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 
 from msd import timbre as timbre_lib
+from msd.listening import SONG_ID, TRACK_ID
 
 DEFAULT_MIN_SEGMENTS = 10
 # Real songs have at most ~3,300 segments; the cap stops a dataset declared huge but
@@ -157,6 +158,15 @@ def _parse_open_file(h5: h5py.File, path: str, min_segments: int,
     ends = np.append(starts[1:], total_segments)
     for row in range(num_songs):
         track_id = _text(analysis["track_id"][row]) or track_id_from_path(path)
+        song_id = _text(metadata["song_id"][row])
+        if not track_id or not TRACK_ID.fullmatch(track_id):
+            yield Rejection(path, track_id, "bad_track_id",
+                            f"song {row}: track id {track_id!r} is not 'TR' + 16 characters A-Z/0-9")
+            continue
+        if not SONG_ID.fullmatch(song_id):
+            yield Rejection(path, track_id, "bad_song_id",
+                            f"song {row}: song id {song_id!r} is not 'SO' + 16 characters A-Z/0-9")
+            continue
         start, end = int(starts[row]), int(ends[row])
         if not 0 <= start <= end <= total_segments:
             yield Rejection(path, track_id, "bad_segment_index",
@@ -175,7 +185,7 @@ def _parse_open_file(h5: h5py.File, path: str, min_segments: int,
             continue
         yield Song(
             track_id=track_id,
-            song_id=_text(metadata["song_id"][row]),
+            song_id=song_id,
             artist_name=_text(metadata["artist_name"][row]),
             title=_text(metadata["title"][row]),
             release=_text(metadata["release"][row]),
