@@ -65,3 +65,23 @@ class OutputOptions(PipelineOptions):
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--num_shards", type=int, default=0,
                             help="Shards per file output (0: let the runner decide).")
+
+
+def flag_value(text: str) -> bool:
+    """A boolean flag's value: ``--flag`` alone, ``--flag=true`` or ``--flag=false`` (Flex
+    Template launchers always pass name=value)."""
+    lowered = str(text).strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def is_staging_only(options: PipelineOptions) -> bool:
+    """A dry run or a template launch: the job is built (and staged), not run here, so there
+    are no results to wait for, publish or summarise."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions, TestOptions
+
+    return bool(options.view_as(TestOptions).dry_run
+                or options.view_as(GoogleCloudOptions).template_location)

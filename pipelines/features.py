@@ -58,8 +58,9 @@ class FeaturesOptions(PipelineOptions):
             help="Reject files larger than this without reading them (real files are < 1 MB; "
                  "raise it for aggregate files).")
         parser.add_argument(
-            "--overwrite", action="store_true",
-            help="Replace the outputs of an earlier run in --output_dir.")
+            "--overwrite", nargs="?", const=True, default=False, type=config_lib.flag_value,
+            help="Replace the outputs of an earlier run in --output_dir (--overwrite or "
+                 "--overwrite=true).")
 
     def validate_features_options(self) -> list[str]:
         """Problems with the options, as sentences; empty when they are usable."""
@@ -145,19 +146,20 @@ def _prepare_output_dir(output_dir: str, overwrite: bool) -> None:
 
 
 def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
-    """Runs the feature pipeline; returns the run summary (None for a Dataflow dry run)."""
+    """Runs the feature pipeline; returns the run summary (None for a Dataflow dry run or a
+    template launch, where the job runs elsewhere)."""
     options, features_options = launcher.parse_job_options(
         "features", argv, FeaturesOptions, FeaturesOptions.validate_features_options)
     patterns = [read_msd.expand_input(item) for item in features_options.input]
-    dry_run = options.view_as(TestOptions).dry_run
-    if not dry_run:
+    staging_only = config_lib.is_staging_only(options)
+    if not staging_only:
         empty = read_msd.patterns_matching_nothing(patterns)
         if empty:
             raise SystemExit(f"features: no file matches {', '.join(empty)}")
         _prepare_output_dir(features_options.output_dir, features_options.overwrite)
     temp_location = options.view_as(GoogleCloudOptions).temp_location
     temp_dir = FileSystems.join(temp_location or features_options.output_dir, "tft_tmp")
-    if dry_run:
+    if options.view_as(TestOptions).dry_run:
         # TFT creates its temp dir while the job is built; a dry run has no GCS to create it on.
         temp_dir = tempfile.mkdtemp(prefix="tft_dry_run_")
 
@@ -165,10 +167,10 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, features_options, patterns, temp_dir)
     result = pipeline.run()
-    result.wait_until_finish()
-    if dry_run:
-        logging.info("features: dry run, the job was built and not submitted")
+    if staging_only:
+        logging.info("features: the job was built (dry run) or staged (template launch)")
         return None
+    result.wait_until_finish()
     summary = run_summary(launcher.counter_totals(result, read_msd.METRICS_NAMESPACE),
                           features_options, patterns, time.monotonic() - started)
     launcher.write_summary(summary, features_options.output_dir, SUMMARY_FILE)

@@ -19,8 +19,7 @@ from typing import Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
-                                                  TestOptions)
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
 from msd import listening
 from pipelines import config as config_lib
@@ -280,13 +279,14 @@ def run_summary(counters: dict[str, int], options: RecommendOptions, run_date: d
 
 
 def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
-    """Runs the recommendation job; returns the run summary (None for a Dataflow dry run)."""
+    """Runs the recommendation job; returns the run summary (None for a Dataflow dry run or a
+    template launch, where the job runs elsewhere)."""
     options, recommend_options = launcher.parse_job_options(
         "recommend", argv, RecommendOptions, RecommendOptions.validate_recommend_options)
     run_date = (datetime.date.fromisoformat(recommend_options.run_date)
                 if recommend_options.run_date
                 else datetime.datetime.now(datetime.timezone.utc).date())
-    dry_run = options.view_as(TestOptions).dry_run
+    staging_only = config_lib.is_staging_only(options)
     temp_location = options.view_as(GoogleCloudOptions).temp_location
     output = recommend_options.output
 
@@ -302,6 +302,10 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
         staging = None
         output_location = table.partition_spec(run_date)
     else:
+        if options.view_as(GoogleCloudOptions).template_location:
+            raise SystemExit("recommend: a template launch writes to BigQuery only: the Parquet "
+                             "partition is published by this launcher after the job, which a "
+                             "template launch does not wait for")
         staging = writers.staging_dir(output, run_date)
         destination = writers.WriteRecommendationsToParquet(
             staging, options.view_as(config_lib.OutputOptions).num_shards)
@@ -309,7 +313,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
             output.rstrip("/"), "_reports", f"run_date={run_date.isoformat()}")
         output_location = writers.partition_dir(output, run_date)
 
-    if not dry_run:
+    if not staging_only:
         _check_inputs_exist(recommend_options)
         if FileSystems.exists(report_dir):
             FileSystems.delete([report_dir])  # a rerun of this date replaces its reports too
@@ -318,10 +322,10 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, recommend_options, run_date, destination, report_dir)
     result = pipeline.run()
-    result.wait_until_finish()
-    if dry_run:
-        logging.info("recommend: dry run, the job was built and not submitted")
+    if staging_only:
+        logging.info("recommend: the job was built (dry run) or staged (template launch)")
         return None
+    result.wait_until_finish()
     if staging:
         writers.publish_parquet_partition(staging, output, run_date)
     summary = run_summary(launcher.counter_totals(result, listens_lib.METRICS_NAMESPACE),
