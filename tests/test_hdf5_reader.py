@@ -95,15 +95,15 @@ def test_aggregate_file_slices_each_song_by_idx_segments_timbre(real_msd_dir):
             assert record.reason == single.reason
 
 
-def test_aggregate_file_with_bad_indices_rejects_those_songs_only(real_msd_dir):
+def test_aggregate_file_with_bad_indices_rejects_the_songs_they_touch(real_msd_dir):
     paths = sorted(real_msd_dir.rglob("*.h5"))[:3]
     with h5py.File(paths[0], "r") as first:
         n0 = first["analysis/segments_timbre"].shape[0]
-    # song 1 starts before song 0 ends and then song 2 starts before song 1: decreasing.
+    # the boundary between songs 1 and 2 lies before the one between 0 and 1: every song that
+    # touches either boundary is suspect, here all three.
     data = write_aggregate(paths, starts_override=[0, n0 + 50, n0 + 10])
     records = list(hdf5_reader.parse_msd_file(data, "agg.h5"))
-    assert isinstance(records[0], hdf5_reader.Song)
-    assert records[1].reason == "bad_segment_index" and isinstance(records[2], hdf5_reader.Song)
+    assert [r.reason for r in records] == ["bad_segment_index"] * 3
     out_of_range = write_aggregate(paths, starts_override=[0, 10, 10 ** 7])
     assert [getattr(r, "reason", None) for r in
             hdf5_reader.parse_msd_file(out_of_range, "agg.h5")][1:] == [
@@ -167,3 +167,39 @@ def test_more_segments_than_the_cap_are_refused_before_reading(real_msd_dir):
 def test_min_segments_is_a_parameter(real_msd_dir):
     (record,) = parse_path(real_msd_dir / "B/D/X/TRBDXOD128F422C47B.h5", min_segments=5)
     assert isinstance(record, hdf5_reader.Song) and record.num_segments == 5
+
+
+def test_songs_around_a_negative_start_are_rejected_and_the_rest_kept(real_msd_dir):
+    paths = sorted(real_msd_dir.rglob("*.h5"))[:3]
+    sizes = []
+    for path in paths:
+        with h5py.File(path, "r") as h5:
+            sizes.append(h5["analysis/segments_timbre"].shape[0])
+    data = write_aggregate(paths, starts_override=[0, -3, sizes[0] + sizes[1]])
+    records = list(hdf5_reader.parse_msd_file(data, "agg.h5"))
+    assert [getattr(r, "reason", "song") for r in records] == [
+        "bad_segment_index", "bad_segment_index", "song"]
+
+
+def test_tables_declared_huge_are_refused_before_reading(real_msd_dir):
+    buffer = io.BytesIO(real_bytes(real_msd_dir))
+    with h5py.File(buffer, "r+") as h5:
+        for group in ("analysis", "metadata", "musicbrainz"):
+            table = h5[f"{group}/songs"][()]
+            del h5[f"{group}/songs"]
+            h5.create_dataset(f"{group}/songs", data=table, maxshape=(None,), chunks=(1,))
+            h5[f"{group}/songs"].resize((10 ** 9,))
+    (record,) = hdf5_reader.parse_msd_file(buffer.getvalue(), "t.h5")
+    assert (record.reason, record.level) == ("too_many_songs", "file")
+
+
+def test_data_outside_the_file_is_not_followed(real_msd_dir, tmp_path):
+    target = tmp_path / "target.h5"
+    target.write_bytes(real_bytes(real_msd_dir))
+    buffer = io.BytesIO(real_bytes(real_msd_dir))
+    with h5py.File(buffer, "r+") as h5:
+        del h5["analysis/segments_timbre"]
+        h5["analysis/segments_timbre"] = h5py.ExternalLink(str(target), "/analysis/segments_timbre")
+    (record,) = hdf5_reader.parse_msd_file(buffer.getvalue(), "t.h5")
+    assert (record.reason, record.level) == ("external_data", "file")
+    assert "ExternalLink" in record.detail
