@@ -15,6 +15,7 @@ import datetime
 import logging
 import tempfile
 import time
+import uuid
 from typing import Optional, Sequence
 
 import apache_beam as beam
@@ -28,8 +29,7 @@ from pipelines import config as config_lib
 from pipelines import launcher
 from transforms import preprocessing, read_msd, write_features
 
-OUTPUT_SUBDIRS = ("features", "csv", "songs", "rejected", "transform_fn", "transformed_metadata",
-                  "tft_tmp")
+OUTPUT_SUBDIRS = ("features", "csv", "songs", "rejected", "transform_fn", "transformed_metadata")
 SUMMARY_FILE = "run_summary.json"
 
 
@@ -82,9 +82,8 @@ class FeaturesOptions(PipelineOptions):
 
 
 def build_pipeline(pipeline: beam.Pipeline, options: FeaturesOptions, patterns: Sequence[str],
-                   temp_dir: str) -> None:
-    """Adds the whole feature job to ``pipeline``."""
-    output_dir = options.output_dir.rstrip("/")
+                   temp_dir: str, output_dir: str) -> None:
+    """Adds the whole feature job to ``pipeline``, writing its outputs under ``output_dir``."""
     parsed = pipeline | "ReadMsd" >> read_msd.ReadMsdSongs(
         patterns, options.min_segments, options.max_segments, options.max_file_bytes)
     unique = parsed[read_msd.SONGS] | "DropDuplicates" >> read_msd.DropDuplicateTracks()
@@ -134,15 +133,38 @@ def run_summary(counters: dict[str, int], options: FeaturesOptions, patterns: Se
     }
 
 
-def _prepare_output_dir(output_dir: str, overwrite: bool) -> None:
+STAGING = "_staging"
+
+
+def _check_output_dir(output_dir: str, overwrite: bool) -> None:
+    """Refuses to replace an earlier run's outputs without --overwrite; clears what a killed
+    run left in the staging area (never visible to readers)."""
     existing = [name for name in OUTPUT_SUBDIRS + (SUMMARY_FILE,)
                 if FileSystems.exists(FileSystems.join(output_dir, name))]
     if existing and not overwrite:
         raise SystemExit(
             f"features: {output_dir} already holds outputs of an earlier run "
             f"({', '.join(existing)}); pass --overwrite to replace them")
-    if existing:
-        FileSystems.delete([FileSystems.join(output_dir, name) for name in existing])
+    leftovers = FileSystems.join(output_dir, STAGING)
+    if FileSystems.exists(leftovers):
+        FileSystems.delete([leftovers])
+
+
+def publish_outputs(staging: str, output_dir: str) -> None:
+    """Moves every output of a finished run from ``staging`` into ``output_dir``, replacing an
+    earlier run's; the run summary is written after this, so its presence marks a complete set."""
+    summary = FileSystems.join(output_dir, SUMMARY_FILE)
+    if FileSystems.exists(summary):
+        FileSystems.delete([summary])
+    for name in OUTPUT_SUBDIRS:
+        staged = FileSystems.join(staging, name)
+        final = FileSystems.join(output_dir, name)
+        if FileSystems.exists(staged):
+            launcher.replace_folder(staged, final)
+        elif FileSystems.exists(final):
+            FileSystems.delete([final])
+    FileSystems.delete([staging])
+    launcher.remove_if_empty(FileSystems.join(output_dir, STAGING))
 
 
 def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
@@ -156,16 +178,20 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
         empty = read_msd.patterns_matching_nothing(patterns)
         if empty:
             raise SystemExit(f"features: no file matches {', '.join(empty)}")
-        _prepare_output_dir(features_options.output_dir, features_options.overwrite)
+        _check_output_dir(features_options.output_dir, features_options.overwrite)
+    output_dir = features_options.output_dir.rstrip("/")
+    # Outputs are written to a staging folder and moved into place once the job succeeded,
+    # unless nothing here waits for the job (a template launch writes in place).
+    staging = None if staging_only else FileSystems.join(output_dir, STAGING, uuid.uuid4().hex[:12])
     temp_location = options.view_as(GoogleCloudOptions).temp_location
-    temp_dir = FileSystems.join(temp_location or features_options.output_dir, "tft_tmp")
+    temp_dir = FileSystems.join(temp_location or staging or output_dir, "tft_tmp")
     if options.view_as(TestOptions).dry_run:
         # TFT creates its temp dir while the job is built; a dry run has no GCS to create it on.
         temp_dir = tempfile.mkdtemp(prefix="tft_dry_run_")
 
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, features_options, patterns, temp_dir)
+    build_pipeline(pipeline, features_options, patterns, temp_dir, staging or output_dir)
     result = pipeline.run()
     if staging_only:
         logging.info("features: the job was built (dry run) or staged (template launch)")
@@ -173,9 +199,10 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     result.wait_until_finish()
     summary = run_summary(launcher.counter_totals(result, read_msd.METRICS_NAMESPACE),
                           features_options, patterns, time.monotonic() - started)
-    launcher.write_summary(summary, features_options.output_dir, SUMMARY_FILE)
     if not temp_location and FileSystems.exists(temp_dir):
         FileSystems.delete([temp_dir])
+    publish_outputs(staging, output_dir)
+    launcher.write_summary(summary, output_dir, SUMMARY_FILE)
     return summary
 
 

@@ -1,5 +1,8 @@
 """What the job entry points share: option parsing with validation, counters, the summary."""
+import glob
 import json
+import os
+import shutil
 import sys
 from typing import Callable, Optional, Sequence, TypeVar
 
@@ -45,3 +48,45 @@ def write_summary(summary: dict, folder: str, name: str = "run_summary.json") ->
     with FileSystems.create(path) as handle:
         handle.write(json.dumps(summary, indent=2, sort_keys=True).encode("utf-8"))
     return path
+
+
+def replace_folder(source: str, destination: str) -> None:
+    """Moves a finished folder to ``destination``, replacing what was there.
+
+    Locally: two directory renames (``destination`` is absent for an instant, never partial).
+    On GCS there are no directories: the old objects are deleted, then the new ones renamed in;
+    a reader racing the swap can see nothing, never a mix of two runs or half a run.
+    """
+    if "://" not in destination:
+        os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
+        old = None
+        if os.path.exists(destination):
+            old = f"{source}.replaced"
+            os.rename(destination, old)
+        os.rename(source, destination)
+        if old:
+            shutil.rmtree(old)
+        return
+    if FileSystems.exists(destination):
+        FileSystems.delete([destination])
+    sources = [m.path for m in FileSystems.match([FileSystems.join(source, "**")])[0].metadata_list]
+    FileSystems.rename(sources, [destination + path[len(source):] for path in sources])
+    FileSystems.delete([source])
+
+
+def remove_if_empty(folder: str) -> None:
+    """Removes a local staging root once nothing is left in it (GCS has no empty folders)."""
+    if "://" not in folder and os.path.isdir(folder) and not os.listdir(folder):
+        os.rmdir(folder)
+
+
+def delete_matching(pattern: str) -> None:
+    """Deletes every folder or file matching ``pattern`` (leftovers of a killed run)."""
+    if "://" not in pattern:
+        for path in glob.glob(pattern):
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        return
+    files = FileSystems.match([pattern + "/**", pattern])
+    paths = [m.path for result in files for m in result.metadata_list]
+    if paths:
+        FileSystems.delete(paths)

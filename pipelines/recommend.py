@@ -14,6 +14,7 @@ import argparse
 import datetime
 import json
 import logging
+import os
 import time
 from typing import Optional, Sequence
 
@@ -237,6 +238,20 @@ def build_pipeline(pipeline: beam.Pipeline, options: RecommendOptions, run_date:
                                              options.kaggle_submission))
 
 
+def publish_parquet_partition(staging: str, output: str, report_dir: str,
+                              run_date: datetime.date) -> str:
+    """Moves a finished run's ``rows`` to ``run_date=…`` and its ``report`` to ``report_dir``,
+    replacing an earlier run's (``launcher.replace_folder`` says what a reader can see)."""
+    final = writers.partition_dir(output, run_date)
+    launcher.replace_folder(FileSystems.join(staging, "rows"), final)
+    report = FileSystems.join(staging, "report")
+    if FileSystems.exists(report):
+        launcher.replace_folder(report, report_dir)
+    FileSystems.delete([staging])
+    launcher.remove_if_empty(os.path.dirname(staging))
+    return final
+
+
 def run_summary(counters: dict[str, int], options: RecommendOptions, run_date: datetime.date,
                 output_location: str, seconds: float) -> dict:
     """Counts that reconcile (listens and users), the run's parameters and its duration."""
@@ -306,28 +321,35 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
             raise SystemExit("recommend: a template launch writes to BigQuery only: the Parquet "
                              "partition is published by this launcher after the job, which a "
                              "template launch does not wait for")
+        # Rows and reports are written to a staging folder and moved into place together once
+        # the job succeeded: a killed run leaves the previous partition and its reports intact.
         staging = writers.staging_dir(output, run_date)
         destination = writers.WriteRecommendationsToParquet(
-            staging, options.view_as(config_lib.OutputOptions).num_shards)
+            FileSystems.join(staging, "rows"),
+            options.view_as(config_lib.OutputOptions).num_shards)
         report_dir = recommend_options.report_dir or FileSystems.join(
             output.rstrip("/"), "_reports", f"run_date={run_date.isoformat()}")
         output_location = writers.partition_dir(output, run_date)
 
     if not staging_only:
         _check_inputs_exist(recommend_options)
-        if FileSystems.exists(report_dir):
+        if staging:
+            launcher.delete_matching(FileSystems.join(
+                output.rstrip("/"), writers.STAGING, f"run_date={run_date.isoformat()}-*"))
+        elif FileSystems.exists(report_dir):
             FileSystems.delete([report_dir])  # a rerun of this date replaces its reports too
 
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, recommend_options, run_date, destination, report_dir)
+    build_pipeline(pipeline, recommend_options, run_date, destination,
+                   FileSystems.join(staging, "report") if staging else report_dir)
     result = pipeline.run()
     if staging_only:
         logging.info("recommend: the job was built (dry run) or staged (template launch)")
         return None
     result.wait_until_finish()
     if staging:
-        writers.publish_parquet_partition(staging, output, run_date)
+        publish_parquet_partition(staging, output, report_dir, run_date)
     summary = run_summary(launcher.counter_totals(result, listens_lib.METRICS_NAMESPACE),
                           recommend_options, run_date, output_location, time.monotonic() - started)
     launcher.write_summary(summary, report_dir, SUMMARY_FILE)

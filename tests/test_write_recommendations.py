@@ -5,6 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines import recommend
 from transforms import write_recommendations as writers
 
 DAY = datetime.date(2026, 11, 23)
@@ -58,11 +59,15 @@ def test_bigquery_rows_carry_the_date_as_iso_text():
     assert row["run_date"] == DAY  # the input row is not changed
 
 
-def write_staging(output, rows):
-    staging = writers.staging_dir(str(output), DAY)
-    os.makedirs(staging)
+def write_staging(output, rows, day=DAY, report_line=None):
+    staging = writers.staging_dir(str(output), day)
+    os.makedirs(f"{staging}/rows")
     pq.write_table(pa.Table.from_pylist(rows, schema=writers.PARQUET_SCHEMA),
-                   f"{staging}/part-00000-of-00001.parquet")
+                   f"{staging}/rows/part-00000-of-00001.parquet")
+    if report_line:
+        os.makedirs(f"{staging}/report/rejected")
+        with open(f"{staging}/report/rejected/part-0.jsonl", "w") as handle:
+            handle.write(report_line)
     return staging
 
 
@@ -73,15 +78,16 @@ def row(user_id):
 
 def test_a_rerun_replaces_the_partition_and_a_new_date_adds_one(tmp_path):
     output = tmp_path / "recs"
-    first = write_staging(output, [row("a"), row("b")])
-    assert writers.publish_parquet_partition(first, str(output), DAY).endswith("run_date=2026-11-23")
-    second = write_staging(output, [row("c")])
-    writers.publish_parquet_partition(second, str(output), DAY)
+    reports = tmp_path / "reports"
+    first = write_staging(output, [row("a"), row("b")], report_line="first")
+    assert recommend.publish_parquet_partition(first, str(output), str(reports), DAY).endswith(
+        "run_date=2026-11-23")
+    second = write_staging(output, [row("c")], report_line="second")
+    recommend.publish_parquet_partition(second, str(output), str(reports), DAY)
     table = pq.read_table(output / "run_date=2026-11-23")
     assert table.column("user_id").to_pylist() == ["c"]
-    other_day = writers.staging_dir(str(output), DAY + datetime.timedelta(days=1))
-    os.makedirs(other_day)
-    pq.write_table(pa.Table.from_pylist([row("d")], schema=writers.PARQUET_SCHEMA),
-                   f"{other_day}/part-0.parquet")
-    writers.publish_parquet_partition(other_day, str(output), DAY + datetime.timedelta(days=1))
+    assert (reports / "rejected" / "part-0.jsonl").read_text() == "second"
+    next_day = DAY + datetime.timedelta(days=1)
+    other_day = write_staging(output, [row("d")], day=next_day)
+    recommend.publish_parquet_partition(other_day, str(output), str(tmp_path / "r2"), next_day)
     assert sorted(p.name for p in output.iterdir()) == ["run_date=2026-11-23", "run_date=2026-11-24"]

@@ -15,15 +15,14 @@ this path, and how this design avoids them:
   right on the first run (CREATE_IF_NEEDED).
 
 Parquet: files under ``<output>/run_date=YYYY-MM-DD/`` (Hive layout: the run_date column lives in
-the folder name). The job writes into a staging folder; ``publish_parquet_partition`` swaps it
-in after the job succeeded, so a rerun replaces the partition and a failed run never leaves a
+the folder name). The job writes into a staging folder; the launcher
+(``pipelines.recommend.publish_parquet_partition``) swaps it in after the job succeeded, so a
+rerun replaces the partition and a failed run never leaves a
 half-written one where readers look.
 """
 import dataclasses
 import datetime
-import os
 import re
-import shutil
 import uuid
 from typing import Optional
 
@@ -121,9 +120,12 @@ def partition_dir(output: str, run_date: datetime.date) -> str:
     return FileSystems.join(output.rstrip("/"), f"run_date={run_date.isoformat()}")
 
 
+STAGING = "_staging"
+
+
 def staging_dir(output: str, run_date: datetime.date) -> str:
     """A fresh folder, outside the Hive layout, that readers never look into."""
-    return FileSystems.join(output.rstrip("/"), "_staging",
+    return FileSystems.join(output.rstrip("/"), STAGING,
                             f"run_date={run_date.isoformat()}-{uuid.uuid4().hex[:12]}")
 
 
@@ -132,7 +134,7 @@ def parquet_row(row: dict) -> dict:
 
 
 class WriteRecommendationsToParquet(beam.PTransform):
-    """Writes the rows as Parquet into ``staging`` (publish with ``publish_parquet_partition``)."""
+    """Writes the rows as Parquet into ``staging`` (the launcher publishes it afterwards)."""
 
     def __init__(self, staging: str, num_shards: int = 0):
         super().__init__()
@@ -145,32 +147,3 @@ class WriteRecommendationsToParquet(beam.PTransform):
                 | "WriteParquet" >> beam.io.WriteToParquet(
                     FileSystems.join(self._staging, "part"), PARQUET_SCHEMA,
                     file_name_suffix=".parquet", num_shards=self._num_shards))
-
-
-def publish_parquet_partition(staging: str, output: str, run_date: datetime.date) -> str:
-    """Moves a finished staging folder to ``run_date=…``, replacing an earlier run's partition.
-
-    Locally the swap is two directory renames (the partition is absent for an instant between
-    them, never partial). On GCS there are no directories: the old
-    partition's objects are deleted, then the new ones renamed in; a reader racing the swap
-    can see an empty partition, never a mix of two runs or half a run.
-    """
-    final = partition_dir(output, run_date)
-    if "://" not in final:
-        old = None
-        if os.path.exists(final):
-            old = f"{staging}.replaced"
-            os.rename(final, old)
-        os.rename(staging, final)
-        if old:
-            shutil.rmtree(old)
-        staging_root = os.path.dirname(staging)
-        if not os.listdir(staging_root):
-            os.rmdir(staging_root)
-    else:
-        if FileSystems.exists(final):
-            FileSystems.delete([final])
-        sources = [m.path for m in FileSystems.match([FileSystems.join(staging, "*")])[0].metadata_list]
-        FileSystems.rename(sources, [FileSystems.join(final, s.rsplit("/", 1)[1]) for s in sources])
-        FileSystems.delete([staging])
-    return final
