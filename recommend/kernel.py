@@ -22,30 +22,50 @@ Public API
 ``pack_histories(histories, weights=None, num_songs=None)`` -> ``PackedHistories``
     Flat ``values`` + ``row_splits`` (+ ``weights``) form the scorer consumes.
 
-How it stays fast and exact (one pass over the catalogue, memory bounded by a tile)
-------------------------------------------------------------------------------------
-The catalogue is stored once as ``[n_storage_chunks, Cs, d]`` so that every chunk is a
-zero-copy view. For a batch of ``Bp`` users (``B`` padded to a power of two so the graph is not
-retraced per batch) the catalogue is processed in chunks of ``C ~ tile_elements / Bp`` rows:
+How it stays exact
+------------------
+Every candidate carries an int64 key ``(order-preserving int32 of its score) << 32 |
+(2^32 - 1 - index)``: a higher key means a better score, then a lower index, so ties can never
+make a threshold ambiguous and the final ordering is one descending sort of unique keys.
+Pruning only ever drops a song when k other songs (not listened to) provably beat it:
 
-1. ``S = F_chunk @ P^T`` ([C, Bp], stays in cache), listened songs of this chunk set to -inf with
-   one ``tensor_scatter_nd_update`` (the flat histories are partitioned by chunk once per batch),
-   so exclusion happens *before* any selection.
-2. Block maxima ``M1`` (blocks of ``block`` consecutive songs) and group maxima ``M2``
-   (``group`` blocks): one extra pass over ``S``.
-3. A per-user threshold ``tau`` with the invariant "at least k non-excluded songs with a lower
-   catalogue index score >= tau" prunes: only groups/blocks/songs with score > tau are gathered
-   (``tf.where`` on the small ``M2`` array, then gathers), so almost nothing of ``S`` is read
-   again. A song scoring <= tau cannot be in the top-k: k earlier songs beat or tie it, and ties
-   go to the lower index. This is exact whatever the data, ties and exclusions.
-4. ``tau`` comes from a warm-up (the first ``warmup_rows`` songs: the k-th largest block maximum,
-   found with a per-user histogram, is a valid bound because k distinct blocks each hold a song
-   at least that good) and is raised whenever the candidate buffer has grown by ~k per user:
-   a per-user histogram over int64 keys finds (close to) the k-th best candidate, and everything
-   below it is dropped. Keys are ``(order-preserving int32 of the score) << 32 | (2^32-1-index)``
-   so "higher key" means "better score, then lower index": ties can never make a threshold
-   ambiguous, and the final ordering is a plain descending sort of unique keys.
-5. The surviving candidates (~k per user) are packed densely and sorted once.
+* a *valid* threshold (k-th best block maximum of already-scored songs, or k-th best key of
+  the candidate buffer) is beaten or tied by k earlier songs, and ties go to the lower index;
+* a *speculative* threshold ``tau_u`` (below) is verified at the end: if at least k songs the
+  user has not listened to scored above it, every pruned song (score <= tau_u) is beaten by k of
+  them. Users for whom the check fails (e.g. masses of tied scores) are scored again by the
+  always-exact path (no speculation: the threshold starts as the k-th best block maximum of the
+  first chunks and rises with compactions), so results never depend on the guess.
+* Listened songs are removed from the candidates (a membership test against the sorted codes
+  ``user * N + song``) before any threshold is computed from them and before the final choice.
+
+How it stays fast (one pass over the catalogue, memory bounded by a tile)
+-------------------------------------------------------------------------
+* The catalogue is stored once, on the device, as ``[n_chunks, Cs, d]`` so that every chunk is a
+  zero-copy view (row slices of an ``[N, 90]`` tensor would be copied: 360-byte rows are not
+  64-byte aligned). Batches are padded to powers of two and inputs are flat (values + user ids),
+  so compiled graphs are reused.
+* Small batches (``padded_batch * N <= dense_elements``, e.g. one user): scores per ~32k-song
+  chunk, exclusions scattered in, ``top_k`` per chunk (independent chunks run in parallel),
+  one merge.
+* Larger batches (the streaming path):
+  1. Speculative threshold: score a strided sample (every 16th song, precomputed) and take per
+     user the j-th best block (or group) maximum, j ~ guess_factor * k * sample / N, so that about
+     guess_factor * k songs of the catalogue beat it (2 * k with the default): ~6% extra
+     matmul.
+  2. One ``tf.while_loop`` over tiles ``S = F_chunk @ P^T`` ([C, Bp], C ~ tile_elements / Bp,
+     4 MB by default: the tile stays in the last-level cache). Block maxima (8 consecutive songs, a
+     vectorised middle-axis reduction) are transposed to [Bp, C/8]; group maxima (8 blocks);
+     ``tf.where`` on the group maxima > tau, then only the passing groups' block maxima, then
+     only the passing blocks' songs are gathered. Candidates (score, index, user) go to
+     TensorArrays. Listened songs are not masked inside the loop (a scatter there copies the
+     tile); the block maxima that include them are still valid upper bounds for pruning.
+     Depth adapts to the expected share of candidates: groups->blocks->songs, blocks->songs, or
+     a plain comparison of every score when k is a large share of N.
+  3. If the candidate buffer exceeds compact_factor * k per user it is compacted to ~k per user
+     and tau is raised to the k-th best so far (bounds memory on adversarial data).
+  4. Final: per-user histogram thresholds (first for k + listens, then membership test on the
+     survivors, then for k), user-major packing to [Bp, ~k], one sort.
 
 Everything in the hot path is TensorFlow; numpy is only used to validate and pack inputs and to
 unpack outputs. The same graph runs on GPU when TensorFlow sees one (soft placement).
@@ -301,23 +321,29 @@ def _float_block_threshold(m: tf.Tensor, k: int, nbins: int) -> tf.Tensor:
 
 
 def _key_threshold(keys, users, bp, k, nbins, rounds):
-    """keys int64 [n], users int32 [n] (values in [0, bp)). Returns tau [bp] int64 with
-    count(keys >= tau) >= k per user and close to k (INT64_MIN where a user has < k keys)."""
+    """keys int64 [n], users int32 [n] (values in [0, bp)), k int or int32 [bp]. Returns tau [bp]
+    int64 with count(keys >= tau) >= k per user and close to k (INT64_MIN where a user has
+    fewer than k keys). The bins only need to be monotone in the key, so rounding is harmless;
+    tau is always an actual key (the smallest in the chosen bin)."""
     n = tf.shape(keys)[0]
-    need = tf.fill([bp], np.int32(k))
+    need = tf.fill([bp], np.int32(k)) if isinstance(k, int) else tf.cast(k, tf.int32)
     active = tf.ones([n], tf.bool)
     tau = tf.fill([bp], np.int64(_INT64_MIN))
     have_enough = None
+    big = tf.fill([n], np.int64(_INT64_MAX))
     for r in range(rounds):
-        big = tf.fill([n], np.int64(_INT64_MAX))
-        small = tf.fill([n], np.int64(_INT64_MIN))
-        lo = tf.math.unsorted_segment_min(tf.where(active, keys, big), users, bp)
-        hi = tf.math.unsorted_segment_max(tf.where(active, keys, small), users, bp)
-        lo_f = tf.cast(lo, tf.float64)
-        span = tf.cast(hi, tf.float64) - lo_f
-        scale = tf.where(span > 0, nbins / tf.maximum(span, 1.0), tf.zeros_like(span))
-        x = (tf.cast(keys, tf.float64) - tf.gather(lo_f, users)) * tf.gather(scale, users)
-        b = tf.clip_by_value(tf.cast(tf.floor(tf.maximum(x, 0.0)), tf.int32), 0, nbins - 1)
+        # Round 0 bins linearly in score (good resolution whatever the score range), later
+        # rounds in key space (separates exact ties by index). Both are monotone in the key.
+        v = tf.cast(_key_scores(keys), tf.float64) if r == 0 else tf.cast(keys, tf.float64)
+        inf = tf.fill([n], np.float64(np.inf))
+        lo = tf.math.unsorted_segment_min(tf.where(active, v, inf), users, bp)
+        hi = tf.math.unsorted_segment_max(tf.where(active, v, -inf), users, bp)
+        span = hi - lo
+        ok = tf.logical_and(span > 0, tf.math.is_finite(span))
+        scale = tf.where(ok, nbins / tf.where(ok, span, tf.ones_like(span)), tf.zeros_like(span))
+        lo = tf.where(tf.math.is_finite(lo), lo, tf.zeros_like(lo))
+        x = (v - tf.gather(lo, users)) * tf.gather(scale, users)
+        b = tf.clip_by_value(tf.cast(tf.floor(tf.clip_by_value(x, 0.0, float(nbins))), tf.int32), 0, nbins - 1)
         ids = tf.where(active, users * nbins + b, bp * nbins)
         counts = tf.math.bincount(ids, minlength=bp * nbins + 1, maxlength=bp * nbins + 1)
         counts = tf.reshape(counts[: bp * nbins], [bp, nbins])
@@ -349,6 +375,7 @@ class _Plan:
     guess_level: int  # 1: block maxima, 2: group maxima
     warm_chunks: int
     limit: int  # candidate buffer size that triggers a compaction
+    levels: int  # 2: groups -> blocks -> songs; 1: blocks -> songs; 0: all songs compared
 
 
 def _chunk_plan(n_storage: int, per_chunk: int) -> tuple:
@@ -374,6 +401,9 @@ class CatalogueScorer:
     warmup_rows: rows seeding the threshold when no guess is used (fallback path).
     compact_factor: the candidate buffer is compacted to ~k per user (raising the threshold)
         whenever it exceeds compact_factor * k per user (checked after every chunk).
+    parallel_iterations: chunks the tf.while_loop may overlap.
+    levels: pruning depth, None = chosen from the expected share of candidates: 2 = groups ->
+        blocks -> songs, 1 = blocks -> songs, 0 = every score compared (results are identical).
     device: e.g. "/GPU:0"; None lets TensorFlow choose (GPU if visible).
 
     ``last_stats`` (dict) reports per call how many users needed the exact fallback.
@@ -395,6 +425,7 @@ class CatalogueScorer:
         compact_factor: float = 4.0,
         histogram_bins: int = 256,
         parallel_iterations: int = 2,
+        levels: Optional[int] = None,
         device: Optional[str] = None,
     ):
         arr = _validate_catalogue(catalogue)
@@ -414,6 +445,9 @@ class CatalogueScorer:
         self.compact_factor = float(compact_factor)
         self.histogram_bins = int(histogram_bins)
         self.parallel_iterations = int(parallel_iterations)
+        if levels not in (None, 0, 1, 2):
+            raise ValueError(f"levels must be None, 0, 1 or 2, got {levels}")
+        self.levels = levels
         self.device = device
         self.last_stats = {}
         self._fns = {}
@@ -464,10 +498,23 @@ class CatalogueScorer:
                 guess_rank, level = j, 2
             elif j <= blocks // 2:
                 guess_rank, level = j, 1
-        warm = min(len(chunks), max(1, -(-self.warmup_rows // rows)))
+        warm = min(len(chunks), max(1, -(-self.warmup_rows // rows)), 8)  # unrolled: keep it small
         factor = self.compact_factor if guess_rank else 2.0
         limit = int(factor * k * bp)
-        return _Plan(bp, k, chunks, rows, sample_chunks, scs * sample_chunks[0][1], guess_rank, level, warm, limit)
+        # Expected share of songs above the threshold ~ guess_factor * k / N: skip the group
+        # level when most groups would pass anyway (small catalogues relative to k).
+        share = min(1.0, self.guess_factor * k / self.num_songs)
+        if 1.0 - (1.0 - share) ** (self.block * self.group) < 0.3:
+            levels = 2
+        elif share * self.block < 0.05:
+            levels = 1
+        else:
+            levels = 0  # compare every score (flat): blocks would mostly pass too
+        if self.levels is not None:
+            levels = self.levels
+        return _Plan(
+            bp, k, chunks, rows, sample_chunks, scs * sample_chunks[0][1], guess_rank, level, warm, limit, levels
+        )
 
     def _function(self, kind: str, bp: int, k: int):
         key = (kind, bp, k)
@@ -524,11 +571,11 @@ class CatalogueScorer:
         rows, bp = int(s.shape[0]), int(s.shape[1])
         return tf.transpose(tf.reduce_max(tf.reshape(s, [rows // self.block, self.block, bp]), axis=1))
 
-    def _extract(self, s, m1, tau_s, row0, bp, inclusive=False):
+    def _extract(self, s, m1, tau_s, row0, bp, inclusive=False, levels=2):
         """Songs of chunk scores ``s`` [C, bp] (block maxima ``m1`` [bp, C/block]) scoring
-        > tau_s[user] (>= and finite if ``inclusive``): (keys int64 [n], users int32 [n]),
-        sorted by user. Groups = ``group`` consecutive blocks; only the groups, then blocks,
-        then songs that pass are gathered."""
+        > tau_s[user] (>= and finite if ``inclusive``): (scores float32 [n], catalogue index
+        int32 [n], users int32 [n]), sorted by user. Groups = ``group`` consecutive blocks; only
+        the groups, then blocks, then songs that pass are gathered."""
         bs, grp = self.block, self.group
         nb1 = int(m1.shape[1])
         nb2 = nb1 // grp
@@ -538,65 +585,89 @@ class CatalogueScorer:
                 return tf.logical_and(x >= t, x > -np.inf)
             return x > t
 
-        m2 = tf.reduce_max(tf.reshape(m1, [bp, nb2, grp]), axis=2)
-        c2 = tf.cast(tf.where(passes(m2, tau_s[:, None])), tf.int32)  # (user, group), user-major
-        u2, g2 = c2[:, 0], c2[:, 1]
-        m1v = tf.gather(tf.reshape(m1, [bp * nb2, grp]), u2 * nb2 + g2)  # contiguous rows
-        c1 = tf.cast(tf.where(passes(m1v, tf.gather(tau_s, u2)[:, None])), tf.int32)
-        i1 = c1[:, 0]
-        u1 = tf.gather(u2, i1)
-        blk = tf.gather(g2, i1) * grp + c1[:, 1]
-        rows = blk[:, None] * bs + tf.range(bs)[None, :]  # [n1, bs] songs of each block
-        sv = tf.gather(tf.reshape(s, [-1]), rows * bp + u1[:, None])
-        c0 = tf.cast(tf.where(passes(sv, tf.gather(tau_s, u1)[:, None])), tf.int32)
-        vals = tf.gather_nd(sv, c0)
-        idx = tf.gather_nd(rows, c0) + row0
-        users = tf.gather(u1, c0[:, 0])
-        return _make_keys(vals, idx), users
+        if levels == 2:
+            m2 = tf.reduce_max(tf.reshape(m1, [bp, nb2, grp]), axis=2)
+            c2 = tf.cast(tf.where(passes(m2, tau_s[:, None])), tf.int32)  # (user, group), user-major
+            u2 = c2[:, 0]
+            q2 = u2 * nb2 + c2[:, 1]
+            m1v = tf.gather(tf.reshape(m1, [bp * nb2, grp]), q2)  # contiguous rows
+            t2 = tf.gather(tau_s, u2)
+            c1 = tf.cast(tf.where(passes(m1v, t2[:, None])), tf.int32)
+            i1 = c1[:, 0]
+            u1 = tf.gather(u2, i1)
+            t1 = tf.gather(t2, i1)
+            first = (tf.gather(q2, i1) - u1 * nb2) * (grp * bs) + c1[:, 1] * bs  # first song of block
+        else:
+            c1 = tf.cast(tf.where(passes(m1, tau_s[:, None])), tf.int32)  # (user, block), user-major
+            u1 = c1[:, 0]
+            t1 = tf.gather(tau_s, u1)
+            first = c1[:, 1] * bs
+        rows = (first[:, None] + tf.range(bs)[None, :]) * bp + u1[:, None]  # flat [row, user]
+        sv = tf.gather(tf.reshape(s, [-1]), rows)
+        c0 = tf.where(tf.reshape(passes(sv, t1[:, None]), [-1]))[:, 0]
+        flat = tf.gather(tf.reshape(rows, [-1]), c0)
+        vals = tf.gather(tf.reshape(sv, [-1]), c0)
+        return vals, flat // bp + row0, tf.math.floormod(flat, bp)
 
-    def _compact(self, keys, codes, bp, k, rounds, excluded):
-        """Candidate buffer -> user-major order, listened songs dropped, and per user only the
-        candidates with key >= a threshold that leaves >= k (close to k) of them.
+    def _extract_flat(self, s, tau_s, row0, bp, inclusive=False):
+        """Like ``_extract`` without blocks: one comparison per score (dense candidates).
+        Returns candidates sorted by user."""
+        t = tf.transpose(s)  # [bp, C]: user-major order
+        mask = tf.logical_and(t >= tau_s[:, None], t > -np.inf) if inclusive else t > tau_s[:, None]
+        c = tf.cast(tf.where(mask), tf.int32)
+        return tf.gather_nd(t, c), c[:, 1] + row0, c[:, 0]
 
-        ``codes`` = piece * bp + user, where pieces were appended in order and each piece is
-        sorted by user, so codes are non-decreasing and the user-major permutation follows from
-        counts alone. ``excluded``: sorted codes user * N + song of the listened songs.
-        Returns (keys, users) user-major, the threshold keys and the per-user number of
-        non-listened candidates before thresholding."""
-        n = tf.shape(keys)[0]
+    def _compact(self, keys, codes, bp, k, rounds, excluded, listens):
+        """Candidate buffer -> per user the best (about) k non-listened candidates, user-major.
+
+        ``codes`` = piece * bp + user: pieces were appended in order and each piece is sorted by
+        user, so codes are non-decreasing and the user-major permutation follows from counts.
+        ``excluded``: sorted codes user * N + song of listened songs; ``listens`` [bp]: listens
+        per user (>= distinct listened songs). First a threshold keeping >= k + listens_u
+        candidates (at most listens_u of them can be listened songs), then the membership test
+        on the survivors only, then the threshold for k. Returns (keys, users) user-major, the
+        threshold keys and the per-user number of non-listened candidates examined (>= k unless
+        the user has fewer than k candidates in total)."""
         users = tf.math.floormod(codes, bp)
-        slots = tf.maximum(tf.reduce_max(codes) // bp + 1, 1)
-        cnt = tf.math.bincount(codes, minlength=slots * bp, maxlength=slots * bp)
-        offset = tf.reshape(tf.cumsum(tf.reshape(cnt, [slots, bp]), axis=0, exclusive=True), [-1])
-        first = tf.cumsum(cnt, exclusive=True)
-        pos = tf.gather(offset, codes) + tf.range(n) - tf.gather(first, codes)
-        total = tf.reduce_sum(tf.reshape(cnt, [slots, bp]), axis=0)
-        dest = tf.gather(tf.cumsum(total, exclusive=True), users) + pos
-        perm = tf.math.invert_permutation(dest)
-        keys = tf.gather(keys, perm)
-        users = tf.gather(users, perm)
+        tau = _key_threshold(keys, users, bp, listens + k, self.histogram_bins, 1)
+        keep = keys >= tf.gather(tau, users)
+        keys, codes, users = (tf.boolean_mask(x, keep) for x in (keys, codes, users))
         songs = tf.cast(users, tf.int64) * self.num_songs + _key_index(keys)
-        listened = tf.equal(tf.gather(excluded, tf.searchsorted(excluded, songs)), songs)
-        keys = tf.boolean_mask(keys, ~listened)
-        users = tf.boolean_mask(users, ~listened)
+        fresh = tf.not_equal(tf.gather(excluded, tf.searchsorted(excluded, songs)), songs)
+        keys, codes, users = (tf.boolean_mask(x, fresh) for x in (keys, codes, users))
         available = tf.math.unsorted_segment_sum(tf.ones_like(users), users, bp)
         tau = _key_threshold(keys, users, bp, k, self.histogram_bins, rounds)
         keep = keys >= tf.gather(tau, users)
-        return tf.boolean_mask(keys, keep), tf.boolean_mask(users, keep), tau, available
+        keys, codes, users = (tf.boolean_mask(x, keep) for x in (keys, codes, users))
+        # user-major order: position = items of the same user in earlier pieces + rank in piece
+        n = tf.shape(keys)[0]
+        slots = tf.maximum(tf.reduce_max(codes) // bp + 1, 1)
+        cnt = tf.math.bincount(codes, minlength=slots * bp, maxlength=slots * bp)
+        per_piece = tf.reshape(cnt, [slots, bp])
+        offset = tf.reshape(tf.cumsum(per_piece, axis=0, exclusive=True), [-1])
+        first = tf.cumsum(cnt, exclusive=True)
+        pos = tf.gather(offset, codes) + tf.range(n) - tf.gather(first, codes)
+        start = tf.cumsum(tf.reduce_sum(per_piece, axis=0), exclusive=True)
+        perm = tf.math.invert_permutation(tf.gather(start, users) + pos)
+        return tf.gather(keys, perm), tf.gather(users, perm), tau, available
 
     def _dense_graph(self, bp, k, songs, users, weights, n_users):
         """Small batches: chunk scores, per-chunk top_k (chunks are independent, so they run in
         parallel), then one merge of the per-chunk winners by (score desc, index asc) keys."""
         prof = self._profiles(bp, songs, users, weights, n_users)
         cs = self.storage_rows
-        per = max(1, -(-self.n_storage // 8))  # ~8 chunks: parallel and cache-friendly
+        per = max(1, min(32768 // cs, -(-self.n_storage // 2)))  # ~32k-row chunks, >= 2 if possible
         chunks = _chunk_plan(self.n_storage, per)
         crow = chunks[0][1] * cs
         cid = songs // crow
-        parts = tf.dynamic_partition(tf.stack([users, songs - cid * crow], 1), cid, len(chunks))
+        one = bp == 1  # a single user: F_c @ p^T is a [rows, 1] column that reshapes for free
+        pairs = tf.stack([songs - cid * crow, users] if one else [users, songs - cid * crow], 1)
+        parts = tf.dynamic_partition(pairs, cid, len(chunks))
         keys = []
         for ci, (s0, ns) in enumerate(chunks):
-            s = self._chunk_scores(self._cat3, cs, self.num_songs, s0, ns, prof, parts[ci], bp, rows_first=False)
+            s = self._chunk_scores(self._cat3, cs, self.num_songs, s0, ns, prof, parts[ci], bp, rows_first=one)
+            if one:
+                s = tf.reshape(s, [1, ns * cs])
             kc = min(k, ns * cs)
             v, i = tf.math.top_k(s, kc)
             keys.append(_make_keys(v, i + s0 * cs))
@@ -646,39 +717,49 @@ class CatalogueScorer:
         excluded = tf.concat(
             [tf.sort(tf.cast(users, tf.int64) * self.num_songs + tf.cast(songs, tf.int64)), [_INT64_MAX]], 0
         )
+        listens = tf.math.unsorted_segment_sum(tf.ones_like(users), users, bp)
 
         def new_arrays():
-            return (
-                tf.TensorArray(tf.int64, size=0, dynamic_size=True, infer_shape=False, element_shape=[None]),
-                tf.TensorArray(tf.int32, size=0, dynamic_size=True, infer_shape=False, element_shape=[None]),
+            return tuple(
+                tf.TensorArray(dt, size=0, dynamic_size=True, infer_shape=False, element_shape=[None])
+                for dt in (tf.float32, tf.int32, tf.int32)
             )
 
-        def append(state, keys, usr):
-            ta_k, ta_c, slot, total = state
-            return ta_k.write(slot, keys), ta_c.write(slot, usr + slot * bp), slot + 1, total + tf.shape(keys)[0]
+        def append(state, vals, idx, usr):
+            ta_v, ta_i, ta_c, slot, total = state
+            return (
+                ta_v.write(slot, vals), ta_i.write(slot, idx), ta_c.write(slot, usr + slot * bp),
+                slot + 1, total + tf.shape(vals)[0],
+            )
+
+        def buffer_keys(state):
+            ta_v, ta_i, ta_c = state[:3]
+            return _make_keys(ta_v.concat(), ta_i.concat()), ta_c.concat()
 
         def maybe_compact(state, tau_s):
             """Bounds memory: when the buffer exceeds the limit, keep ~k candidates per user and
             raise the threshold to (about) the k-th best so far."""
-            ta_k, ta_c, slot, total = state
 
             def compact():
-                keys, usr, tk, _ = self._compact(ta_k.concat(), ta_c.concat(), bp, k, 1, excluded)
-                nk, nc = new_arrays()
+                keys, usr, tk, _ = self._compact(*buffer_keys(state), bp, k, 1, excluded, listens)
+                nv, ni, nc = new_arrays()
                 return (
-                    nk.write(0, keys), nc.write(0, usr), tf.constant(1), tf.shape(keys)[0],
+                    nv.write(0, _key_scores(keys)), ni.write(0, tf.cast(_key_index(keys), tf.int32)),
+                    nc.write(0, usr), tf.constant(1), tf.shape(keys)[0],
                     tf.maximum(tau_s, _key_score_threshold(tk)),
                 )
 
             def keep():
-                return ta_k, ta_c, slot, total, tau_s
+                return tuple(state) + (tau_s,)
 
-            out = tf.cond(total > plan.limit, compact, keep)
-            return tuple(out[:4]), out[4]
+            out = tf.cond(state[4] > plan.limit, compact, keep)
+            return tuple(out[:5]), out[5]
 
         def process(state, tau_s, s0, ns, scores, inclusive=False):
+            if plan.levels == 0 and not inclusive:
+                return append(state, *self._extract_flat(scores, tau_s, s0 * cs, bp))
             m1 = self._block_max(scores)
-            return append(state, *self._extract(scores, m1, tau_s, s0 * cs, bp, inclusive))
+            return append(state, *self._extract(scores, m1, tau_s, s0 * cs, bp, inclusive, max(1, plan.levels)))
 
         state = new_arrays() + (tf.constant(0), tf.constant(0))
         first = 0
@@ -724,8 +805,7 @@ class CatalogueScorer:
             sc = self._chunk_scores(cat3, cs, self.num_songs, s0, ns, prof, parts[last], bp)
             state = process(state, tau_s, s0, ns, sc)
 
-        ta_k, ta_c, _, _ = state
-        keys, usr, _, available = self._compact(ta_k.concat(), ta_c.concat(), bp, k, 2, excluded)
+        keys, usr, _, available = self._compact(*buffer_keys(state), bp, k, 2, excluded, listens)
         # Every candidate beats tau_s >= the guess; with >= k of them the guess was safe.
         ok = available >= k
         counts = tf.math.unsorted_segment_sum(tf.ones_like(usr), usr, bp)

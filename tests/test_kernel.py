@@ -33,7 +33,8 @@ NEAR = 1e-5
 
 # Forces the pruned streaming path (with several chunks, so the tf.while_loop runs) on small
 # catalogues; the default options pick the dense path for small batch * catalogue sizes.
-STREAM = dict(dense_elements=0, tile_elements=1 << 12, storage_rows=64)
+STREAM = dict(dense_elements=0, tile_elements=1 << 14, storage_rows=64)
+TINY_TILES = dict(dense_elements=0, tile_elements=256, storage_rows=64)  # 64-row chunks
 
 
 def unit_rows(rng, n, d):
@@ -119,6 +120,20 @@ def test_matches_brute_force(n, d, b, k, options):
     f = unit_rows(rng, n, d)
     hists = lognormal_histories(rng, b, n, median=min(30, n // 3 or 1), cap=n - k)
     idx, sc = recommend(f, hists, k=k, **options)
+    assert_exact(f, hists, k, idx, sc)
+
+
+@pytest.mark.parametrize("levels", [0, 1, 2])
+def test_pruning_levels_with_speculative_threshold(levels):
+    rng = np.random.default_rng(20 + levels)
+    n, k = 20011, 50
+    f = unit_rows(rng, n, 16)
+    hists = lognormal_histories(rng, 40, n)
+    hists[3] = rng.integers(0, n, 4100).tolist()  # heavy user
+    scorer = CatalogueScorer(f, batch_size=64, levels=levels, **STREAM)
+    plan = scorer._plan(64, k, guess=True)
+    assert plan.guess_rank > 0 and len(plan.chunks) > 2 and plan.levels == levels
+    idx, sc = scorer.recommend(hists, k=k)
     assert_exact(f, hists, k, idx, sc)
 
 
@@ -226,10 +241,11 @@ def test_fallback_and_compaction_paths():
     # and the always-exact path (warm-up threshold + compactions) answers.
     f = np.tile(unit_rows(rng, 1, 8), (n, 1))
     hists = lognormal_histories(rng, 20, n, median=10)
-    scorer = CatalogueScorer(f, batch_size=8, **STREAM)
-    idx, sc = scorer.recommend(hists, k=100)
-    assert scorer.last_stats["fallback_users"] == 20
-    assert_exact(f, hists, 100, idx, sc)
+    for levels in (None, 2):
+        scorer = CatalogueScorer(f, batch_size=8, levels=levels, **STREAM)
+        idx, sc = scorer.recommend(hists, k=100)
+        assert scorer.last_stats["fallback_users"] == 20
+        assert_exact(f, hists, 100, idx, sc)
     # Tiny compaction limit: the buffer is compacted (threshold raised) after every chunk.
     f = unit_rows(rng, n, 8)
     scorer = CatalogueScorer(f, batch_size=8, compact_factor=0.25, **STREAM)
@@ -313,7 +329,7 @@ _PROP_CATALOGUES = {
     "ties": np.repeat(unit_rows(_PROP_RNG, 20, 3), 13, axis=0)[:257],
 }
 _PROP_SCORERS = {
-    (name, mode): CatalogueScorer(cat, batch_size=8, **(STREAM if mode == "stream" else {}))
+    (name, mode): CatalogueScorer(cat, batch_size=8, **(TINY_TILES if mode == "stream" else {}))
     for name, cat in _PROP_CATALOGUES.items()
     for mode in ("dense", "stream")
 }
