@@ -238,6 +238,18 @@ def build_pipeline(pipeline: beam.Pipeline, options: RecommendOptions, run_date:
                                              options.kaggle_submission))
 
 
+def parquet_row_count(folder: str) -> int:
+    """Rows in every Parquet file of ``folder``, from the footers (nothing else is read)."""
+    import pyarrow.parquet as pq
+
+    paths = [m.path for m in FileSystems.match([FileSystems.join(folder, "*.parquet")])[0].metadata_list]
+    total = 0
+    for path in paths:
+        with FileSystems.open(path) as handle:
+            total += pq.ParquetFile(handle).metadata.num_rows
+    return total
+
+
 def publish_parquet_partition(staging: str, output: str, report_dir: str,
                               run_date: datetime.date) -> str:
     """Moves a finished run's ``rows`` to ``run_date=…`` and its ``report`` to ``report_dir``,
@@ -348,10 +360,16 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
         logging.info("recommend: the job was built (dry run) or staged (template launch)")
         return None
     result.wait_until_finish()
-    if staging:
-        publish_parquet_partition(staging, output, report_dir, run_date)
     summary = run_summary(launcher.counter_totals(result, listens_lib.METRICS_NAMESPACE),
                           recommend_options, run_date, output_location, time.monotonic() - started)
+    if staging:
+        staged_rows = parquet_row_count(FileSystems.join(staging, "rows"))
+        if staged_rows != summary["users_written"]:
+            raise SystemExit(
+                f"recommend: the job counted {summary['users_written']} users written but the "
+                f"staged Parquet holds {staged_rows} rows; nothing was published (staging left "
+                f"in {staging} for inspection)")
+        publish_parquet_partition(staging, output, report_dir, run_date)
     launcher.write_summary(summary, report_dir, SUMMARY_FILE)
     summary["report_dir"] = report_dir
     return summary
