@@ -1,5 +1,6 @@
 """Scale soak of the recommendation job: 1,000,000 songs × 110,000 users on this machine, with
-peak memory measured. Not part of CI (it takes about half an hour on 2 cores).
+peak memory measured. Not part of CI: on 2 cores the scoring alone takes ~11 min, and today the
+full run needs ~39 GiB on the DirectRunner, more than this 24 GB machine (docs/reliability.md).
 
     python benchmarks/soak_recommend.py                          # the full soak
     python benchmarks/soak_recommend.py --songs 100000 --users 11000 --label scaled_0.1
@@ -14,7 +15,7 @@ What it does:
    ``msd.synthetic.sample_history_lengths`` (at least 10, median ≈ 30, a tail into the
    thousands), ≈87 % of a user's songs from 1–3 favourite styles with Zipf-like popularity
    inside a style, the rest by global popularity; one line per (user, song), Zipf play counts.
-3. Runs ``python -m pipelines.recommend --config configs/local.yaml --k 500`` over them as a
+3. Runs ``python -m pipelines.recommend --k 500`` (``--config`` to add one) over them as a
    subprocess under ``/usr/bin/time -v`` and polls ``/proc`` every 0.5 s for the whole process
    tree (the job, RunInference's shared-model server process and anything else it starts):
    the summed RSS (over-counts pages shared between processes) and the summed PSS (shared
@@ -288,8 +289,10 @@ def main(argv=None) -> int:
     parser.add_argument("--k", type=int, default=500)
     parser.add_argument("--seed", type=int, default=6)
     parser.add_argument("--workdir", default="/tmp/msd_soak")
-    parser.add_argument("--config", default=str(REPO / "configs" / "local.yaml"),
-                        help="the job's --config ('none': Beam's default, one worker)")
+    parser.add_argument("--config", default="none",
+                        help="the job's --config, e.g. configs/local.yaml; 'none' (default): "
+                        "Beam's default single worker — local.yaml's two threads lose data on "
+                        "large text inputs (docs/reliability.md, B7)")
     parser.add_argument("--label", default=None, help="key in the results file "
                         "(default: full when 1M × 110k, else scaled_<songs>x<users>)")
     parser.add_argument("--keep", action="store_true", help="keep the job's output")

@@ -44,6 +44,10 @@ def feature_files(features: str) -> tuple[list[str], str]:
     """The shard paths behind ``--features`` and their format ("tfrecord" or "csv")."""
     base = features.rstrip("/")
     if not any(char in base for char in "*?[") and not base.endswith((".gz", ".csv")):
+        if not FileSystems.exists(FileSystems.join(base, "run_summary.json")):
+            raise CatalogueError(
+                f"{base} has no run_summary.json: the feature run there did not finish (or this "
+                "is not a feature output folder); pass a shard pattern to use the files anyway")
         base = FileSystems.join(base, "features", "part-*.tfrecord.gz")
     paths = sorted(m.path for m in FileSystems.match([base])[0].metadata_list)
     if not paths:
