@@ -54,9 +54,9 @@ How it stays fast (one pass over the catalogue, memory bounded by a tile)
      guess_factor * k songs of the catalogue beat it (2 * k with the default): ~6% extra
      matmul.
   2. One ``tf.while_loop`` over tiles ``S = F_chunk @ P^T`` ([C, Bp], C ~ tile_elements / Bp,
-     4 MB by default: the tile stays in the last-level cache). Block maxima (8 consecutive songs, a
-     vectorised middle-axis reduction) are transposed to [Bp, C/8]; group maxima (8 blocks);
-     ``tf.where`` on the group maxima > tau, then only the passing groups' block maxima, then
+     4 MB by default: the tile stays in the last-level cache). Block maxima (8 consecutive songs)
+     and group maxima (8 blocks) are vectorised middle-axis reductions; ``tf.where`` on the
+     (transposed, boolean) group mask > tau, then only the passing groups' block maxima, then
      only the passing blocks' songs are gathered. Candidates (score, index, user) go to
      TensorArrays. Listened songs are not masked inside the loop (a scatter there copies the
      tile); the block maxima that include them are still valid upper bounds for pruning.
@@ -565,19 +565,19 @@ class CatalogueScorer:
         return s
 
     def _block_max(self, s):
-        """Scores [rows, bp] -> block maxima [bp, rows/block] (block j = songs j*block ...
-        j*block+block-1 of the chunk): a middle-axis reduction (vectorises), then a transpose
-        of the 8x smaller result so that rows are users."""
+        """Scores [rows, bp] -> block maxima [rows/block, bp] (block j = songs j*block ...
+        j*block+block-1 of the chunk): a middle-axis reduction, which vectorises."""
         rows, bp = int(s.shape[0]), int(s.shape[1])
-        return tf.transpose(tf.reduce_max(tf.reshape(s, [rows // self.block, self.block, bp]), axis=1))
+        return tf.reduce_max(tf.reshape(s, [rows // self.block, self.block, bp]), axis=1)
 
     def _extract(self, s, m1, tau_s, row0, bp, inclusive=False, levels=2):
-        """Songs of chunk scores ``s`` [C, bp] (block maxima ``m1`` [bp, C/block]) scoring
+        """Songs of chunk scores ``s`` [C, bp] (block maxima ``m1`` [C/block, bp]) scoring
         > tau_s[user] (>= and finite if ``inclusive``): (scores float32 [n], catalogue index
         int32 [n], users int32 [n]), sorted by user. Groups = ``group`` consecutive blocks; only
-        the groups, then blocks, then songs that pass are gathered."""
+        the groups, then blocks, then songs that pass are gathered (user-major order comes from
+        transposing the small boolean mask of the top level)."""
         bs, grp = self.block, self.group
-        nb1 = int(m1.shape[1])
+        nb1 = int(m1.shape[0])
         nb2 = nb1 // grp
 
         def passes(x, t):
@@ -586,19 +586,19 @@ class CatalogueScorer:
             return x > t
 
         if levels == 2:
-            m2 = tf.reduce_max(tf.reshape(m1, [bp, nb2, grp]), axis=2)
-            c2 = tf.cast(tf.where(passes(m2, tau_s[:, None])), tf.int32)  # (user, group), user-major
+            m2 = tf.reduce_max(tf.reshape(m1, [nb2, grp, bp]), axis=1)  # [nb2, bp]
+            c2 = tf.cast(tf.where(tf.transpose(passes(m2, tau_s[None, :]))), tf.int32)  # (user, group)
             u2 = c2[:, 0]
-            q2 = u2 * nb2 + c2[:, 1]
-            m1v = tf.gather(tf.reshape(m1, [bp * nb2, grp]), q2)  # contiguous rows
             t2 = tf.gather(tau_s, u2)
+            r1 = c2[:, 1:2] * grp + tf.range(grp)[None, :]  # [n2, grp] block rows
+            m1v = tf.gather(tf.reshape(m1, [-1]), r1 * bp + u2[:, None])
             c1 = tf.cast(tf.where(passes(m1v, t2[:, None])), tf.int32)
             i1 = c1[:, 0]
             u1 = tf.gather(u2, i1)
             t1 = tf.gather(t2, i1)
-            first = (tf.gather(q2, i1) - u1 * nb2) * (grp * bs) + c1[:, 1] * bs  # first song of block
+            first = tf.gather_nd(r1, c1) * bs  # first song of each passing block
         else:
-            c1 = tf.cast(tf.where(passes(m1, tau_s[:, None])), tf.int32)  # (user, block), user-major
+            c1 = tf.cast(tf.where(tf.transpose(passes(m1, tau_s[None, :]))), tf.int32)  # (user, block)
             u1 = c1[:, 0]
             t1 = tf.gather(tau_s, u1)
             first = c1[:, 1] * bs
@@ -702,8 +702,8 @@ class CatalogueScorer:
                 sc = self._chunk_scores(self._samp3, scs, self.num_sample, s0, ns, prof, sparts[ci], bp)
                 m = self._block_max(sc)
                 if plan.guess_level == 2:
-                    m = tf.reduce_max(tf.reshape(m, [bp, -1, self.group]), axis=2)
-                stats.append(m)
+                    m = tf.reduce_max(tf.reshape(m, [-1, self.group, bp]), axis=1)
+                stats.append(tf.transpose(m))
             allm = stats[0] if len(stats) == 1 else tf.concat(stats, 1)
             tau_s = tf.math.top_k(allm, plan.guess_rank, sorted=True).values[:, -1]
 
@@ -772,7 +772,7 @@ class CatalogueScorer:
                 s0, ns = plan.chunks[ci]
                 sc = self._chunk_scores(cat3, cs, self.num_songs, s0, ns, prof, parts[ci], bp)
                 warm.append((sc, self._block_max(sc)))
-            allm = warm[0][1] if len(warm) == 1 else tf.concat([w[1] for w in warm], 1)
+            allm = tf.transpose(warm[0][1] if len(warm) == 1 else tf.concat([w[1] for w in warm], 0))
             tau0 = _float_block_threshold(allm, k, 1024)
             for ci, (sc, _) in enumerate(warm):
                 s0, ns = plan.chunks[ci]
