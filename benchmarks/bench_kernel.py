@@ -4,9 +4,10 @@
     python -m benchmarks.bench_kernel --quick    # 100,000 songs, fewer batches
 
 Random unit-norm catalogues (d=90), k=500, batches of 256 users with Taste-Profile-like
-history lengths (lognormal, median 30, mean ~47, long tail capped at 6,000). In one process and
-on the same batches, interleaved batch by batch so that load from other processes hits every
-method alike, it times:
+history lengths (lognormal, median 30, mean ~47, capped at 6,000), plus one 4,500-song user per
+batch so that every batch has the long tail (the JSON records the actual median/mean/max). In
+one process and on the same batches, interleaved batch by batch so that load from other
+processes hits every method alike, it times:
 
   tf_matmul          P @ F^T as one tf.matmul producing the full [B, N] score matrix (kept in
                      TF, not copied out): the bound the goals refer to.

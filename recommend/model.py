@@ -65,7 +65,7 @@ class CatalogueRecommender:
         """For each user, k (track_id, song_id, score) best first, none of their own tracks.
 
         Every track id must be in the catalogue (the pipeline resolved them) and every user must
-        leave at least k songs unlistened (``kernel.max_k`` checks that first).
+        leave at least k songs unlistened (``kernel.check_k`` checks that first).
         """
         histories = [[self._row_of_track[t] for t in tracks] for tracks in track_histories]
         weights = None
