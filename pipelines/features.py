@@ -175,7 +175,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     patterns = [read_msd.expand_input(item) for item in features_options.input]
     staging_only = config_lib.is_staging_only(options)
     if not staging_only:
-        empty = read_msd.patterns_matching_nothing(patterns)
+        empty = launcher.patterns_matching_nothing(patterns)
         if empty:
             raise SystemExit(f"features: no file matches {', '.join(empty)}")
         _check_output_dir(features_options.output_dir, features_options.overwrite)

@@ -4,7 +4,7 @@ import json
 import os
 import shutil
 import sys
-from typing import Callable, Optional, Sequence, TypeVar
+from typing import Callable, Iterable, Optional, Sequence, TypeVar
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
@@ -90,3 +90,17 @@ def delete_matching(pattern: str) -> None:
     paths = [m.path for result in files for m in result.metadata_list]
     if paths:
         FileSystems.delete(paths)
+
+
+def patterns_matching_nothing(patterns: Iterable[str]) -> list[str]:
+    """The patterns among ``patterns`` that match no file (checked before the job starts)."""
+    empty = []
+    for pattern in patterns:
+        try:
+            result = FileSystems.match([pattern], limits=[1])[0]
+        except Exception:  # Beam raises BeamIOError when nothing matches on some filesystems
+            empty.append(pattern)
+            continue
+        if not result.metadata_list:
+            empty.append(pattern)
+    return empty

@@ -383,9 +383,10 @@ def _check_inputs_exist(options: RecommendOptions) -> None:
         raise SystemExit(f"recommend: --features: {error}")
     for flag in ("listens", "song_to_tracks", "mismatches", "users", "kaggle_songs"):
         values = getattr(options, flag)
-        for pattern in ([values] if isinstance(values, str) else values or []):
-            if not FileSystems.match([pattern])[0].metadata_list:
-                raise SystemExit(f"recommend: --{flag}: no file matches {pattern}")
+        empty = launcher.patterns_matching_nothing(
+            [values] if isinstance(values, str) else values or [])
+        if empty:
+            raise SystemExit(f"recommend: --{flag}: no file matches {', '.join(empty)}")
 
 
 def main() -> None:

@@ -29,20 +29,6 @@ def expand_input(path_or_pattern: str) -> str:
     return path_or_pattern
 
 
-def patterns_matching_nothing(patterns: Iterable[str]) -> list[str]:
-    """The patterns among ``patterns`` that match no file (checked before the job starts)."""
-    empty = []
-    for pattern in patterns:
-        try:
-            result = FileSystems.match([pattern], limits=[1])[0]
-        except Exception:  # Beam raises BeamIOError when nothing matches on some filesystems
-            empty.append(pattern)
-            continue
-        if not result.metadata_list:
-            empty.append(pattern)
-    return empty
-
-
 class _ProgressLog:
     """Logs a throughput line at most every ``interval`` seconds (one per worker process)."""
 
