@@ -28,8 +28,12 @@ Reason codes:
   seen before in the same file; the first occurrence is kept.
 - ``unrecognised_line``: a sid_mismatches line not of the form ``ERROR: <SO… TR…> …``.
 """
+import bz2
 import dataclasses
+import gzip
+import lzma
 import re
+import zlib
 from typing import Any, Generic, Iterable, Iterator, NamedTuple, Optional, TypeVar, Union
 
 # The Taste Profile's largest play count is below 10,000; anything above this cap is taken to
@@ -499,12 +503,184 @@ def parse_sid_mismatches(lines: Iterable[Union[str, bytes]], *, source: str = ""
     return ParsedFile(pairs, rejections, counter[0])
 
 
+# --- compressed files: read to their end or not at all --------------------------------------
+#
+# Beam's decompressing reader stops without an error where a cut .gz ends, so a file truncated
+# in transfer reads as a shorter file. Python's gzip/bz2/lzma readers raise EOFError at a missing
+# end-of-stream marker and check each member's CRC; these helpers read with them and turn every
+# failure of the compressed data into a ``CompressedFileError`` with a reason code.
+
+# Beam's names for the compressions these helpers verify → Python's reader over a binary stream.
+VERIFIED_COMPRESSIONS = {
+    "gzip": lambda stream: gzip.GzipFile(fileobj=stream, mode="rb"),
+    "bzip2": bz2.BZ2File,
+    "lzma": lzma.LZMAFile,
+}
+# Beam reads these too, but Python has no reader that notices a cut in them (zstandard's
+# stream reader stops silently, like Beam's): a listens file in them is refused, not guessed at.
+UNVERIFIED_COMPRESSIONS = frozenset({"deflate", "zstd"})
+_CHUNK_BYTES = 1 << 20
+# A line longer than this is cut here (the rest of it is skipped, still one line): the parsers
+# reject anything over ``4 * max_line_chars`` bytes anyway, and a compressed file of one endless
+# line (a few KB of gzip can hold gigabytes of zeros) must not be held in memory whole.
+MAX_LINE_BYTES = 1 << 24
+
+
+class CompressedFileError(Exception):
+    """A compressed file that cannot be read to its end. ``reason``: ``truncated_file`` (the
+    stream stops before its end-of-stream marker, or the file is empty) or
+    ``corrupt_compressed_file`` (not data of its compression, a bad CRC, garbage after it).
+    ``lines`` and ``decompressed_bytes`` say how much could be read before the failure."""
+
+    def __init__(self, path: str, reason: str, detail: str, lines: int = 0,
+                 decompressed_bytes: int = 0):
+        super().__init__(f"{path}: {detail}")
+        self.path, self.reason, self.detail = path, reason, detail
+        self.lines, self.decompressed_bytes = lines, decompressed_bytes
+
+    def rejection(self) -> Rejection:
+        return Rejection(reason=self.reason, detail=self.detail, source=self.path)
+
+
+class _CountingReader:
+    """The raw (still compressed) stream: counts the bytes read and remembers whether a read
+    itself failed, so that an I/O error is re-raised (and retried) instead of being taken for
+    bad data."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.bytes_read = 0
+        self.io_failed = False
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            data = self._stream.read(size)
+        except Exception:
+            self.io_failed = True
+            raise
+        self.bytes_read += len(data)
+        return data
+
+
+def compression_of(path: str) -> str:
+    """Beam's compression type for ``path`` from its name (``uncompressed``, ``gzip``, …)."""
+    from apache_beam.io.filesystem import CompressionTypes
+
+    return CompressionTypes.detect_compression_type(path)
+
+
+def _decompressed_chunks(path: str, compression: str) -> Iterator[bytes]:
+    """The decompressed bytes of ``path`` in chunks of at most 1 MiB, to the end of the last
+    stream; raises ``CompressedFileError`` (with nothing counted yet: callers count) or the
+    I/O error of the underlying read."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
+        raw = _CountingReader(stream)
+        decompressed = VERIFIED_COMPRESSIONS[compression](raw)
+        try:
+            while True:
+                chunk = decompressed.read(_CHUNK_BYTES)
+                if not chunk:
+                    break
+                yield chunk
+        except (EOFError, OSError, lzma.LZMAError, zlib.error) as error:
+            if raw.io_failed:
+                raise
+            size = f"after {raw.bytes_read:,} compressed bytes"
+            if isinstance(error, EOFError):
+                raise CompressedFileError(path, "truncated_file", f"the {compression} stream "
+                                          f"ends before its end-of-stream marker {size}")
+            raise CompressedFileError(path, "corrupt_compressed_file", f"not readable as "
+                                      f"{compression} {size}: {error}")
+        if raw.bytes_read == 0:
+            raise CompressedFileError(path, "truncated_file", f"the file is empty (0 bytes): "
+                                      f"not even the header of a {compression} stream")
+
+
+def _with_counts(error: CompressedFileError, lines: int, size: int) -> CompressedFileError:
+    error.lines, error.decompressed_bytes = lines, size
+    error.detail += (f"; {lines:,} complete lines ({size:,} bytes) were readable before that. "
+                     "The file is rejected whole: none of its lines are used (a partial file "
+                     "would silently bias the users in it)")
+    error.args = (f"{error.path}: {error.detail}",)
+    return error
+
+
+@dataclasses.dataclass
+class VerifiedFile:
+    """A compressed file read once to its end: its lines (the count ``split_lines`` gives),
+    decompressed size, and the decompressed bytes when they fit the caller's buffer."""
+    lines: int
+    decompressed_bytes: int
+    data: Optional[bytes]
+
+
+def verify_compressed(path: str, compression: str, keep_bytes: int = 0) -> VerifiedFile:
+    """Decompresses ``path`` to its end without keeping lines: raises ``CompressedFileError``
+    (with the readable lines and bytes counted) if the file is cut or corrupt. Keeps the
+    decompressed bytes if there are at most ``keep_bytes`` of them (memory stays bounded by
+    ``keep_bytes`` + 1 MiB)."""
+    lines, size, last = 0, 0, b"\n"
+    kept: Optional[list[bytes]] = [] if keep_bytes > 0 else None
+    try:
+        for chunk in _decompressed_chunks(path, compression):
+            lines += chunk.count(b"\n")
+            size += len(chunk)
+            last = chunk[-1:]
+            if kept is not None:
+                kept.append(chunk)
+                if size > keep_bytes:
+                    kept = None
+    except CompressedFileError as error:
+        raise _with_counts(error, lines, size)
+    if last != b"\n":
+        lines += 1  # a last line without a newline
+    return VerifiedFile(lines, size, b"".join(kept) if kept is not None else None)
+
+
+def split_lines(stream) -> Iterator[bytes]:
+    """The lines of a binary stream without their ``\\n`` or ``\\r\\n``, as Beam's text
+    source splits them (a last line without a newline is a line; no empty line after a final
+    newline). A line over ``MAX_LINE_BYTES`` is cut there (still one line)."""
+    while True:
+        line = stream.readline(MAX_LINE_BYTES)
+        if not line:
+            return
+        if line[-1:] == b"\n":
+            yield line[:-2] if line[-2:-1] == b"\r" else line[:-1]
+            continue
+        if len(line) == MAX_LINE_BYTES:
+            rest = line
+            while rest and rest[-1:] != b"\n":
+                rest = stream.readline(MAX_LINE_BYTES)
+        yield line
+
+
 def _file_lines(path: str) -> Iterator[bytes]:
-    """The lines of a local or gs:// file as bytes (compression detected from the name)."""
+    """The lines of a local or gs:// file as bytes, with their line ends (compression
+    detected from the name). A compressed file that turns out cut or corrupt raises
+    ``CompressedFileError`` at its end, so a side file is never half-read silently."""
     from apache_beam.io.filesystems import FileSystems  # only the read_* helpers need Beam
 
+    compression = compression_of(path)
+    if compression in VERIFIED_COMPRESSIONS:
+        lines, size, pending = 0, 0, b""
+        try:
+            for chunk in _decompressed_chunks(path, compression):
+                size += len(chunk)
+                pieces = (pending + chunk).split(b"\n")
+                pending = pieces.pop()
+                lines += len(pieces)
+                yield from (piece + b"\n" for piece in pieces)
+        except CompressedFileError as error:
+            raise _with_counts(error, lines, size)
+        if pending:
+            yield pending
+        return
     with FileSystems.open(path) as stream:
-        # CompressedFile (.gz, .bz2) has readline but is not iterable.
+        # CompressedFile (.deflate, .zst) has readline but is not iterable.
         yield from iter(stream.readline, b"")
 
 

@@ -271,6 +271,7 @@ def run_summary(counters: dict[str, int], options: RecommendOptions, run_date: d
     by_prefix = lambda prefix: {n[len(prefix):]: v for n, v in sorted(counters.items())
                                 if n.startswith(prefix)}
     listens_rejected = by_prefix("listens_rejected_")
+    listen_files_rejected = by_prefix("listen_files_rejected_")
     users_rejected = by_prefix("users_rejected_")
     listens_parsed = get("listens_parsed")
     users_written = get("users_scored") + get("users_fallback")
@@ -283,6 +284,12 @@ def run_summary(counters: dict[str, int], options: RecommendOptions, run_date: d
         "output": output_location,
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "duration_seconds": round(seconds, 3),
+        "listen_files_matched": get("listen_files_matched"),
+        "listen_files_read": get("listen_files_read"),
+        "listen_files_rejected": sum(listen_files_rejected.values()),
+        "listen_files_rejected_by_reason": listen_files_rejected,
+        # Lines readable in files rejected whole (cut or corrupt compressed files): not parsed.
+        "listen_lines_in_rejected_files": get("listen_lines_in_rejected_files"),
         "listen_lines_read": get("listen_lines_read"),
         "listen_lines_not_data": get("listen_lines_not_data"),
         "listens_parsed": listens_parsed,
@@ -298,7 +305,9 @@ def run_summary(counters: dict[str, int], options: RecommendOptions, run_date: d
         "users_written": users_written,
         "users_not_requested": get("users_not_requested"),
         "requested_users_without_listens": get("requested_users_without_listens"),
-        "listens_reconcile": get("listen_lines_read") == (
+        "listens_reconcile": get("listen_files_matched") == (
+            get("listen_files_read") + sum(listen_files_rejected.values()))
+            and get("listen_lines_read") == (
             get("listen_lines_not_data") + listens_parsed + sum(listens_rejected.values()))
             and listens_parsed == (get("listens_used") + get("listens_unknown_song")
                                    + get("listens_mismatched")),

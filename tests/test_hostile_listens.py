@@ -294,8 +294,6 @@ def test_good_users_get_exactly_the_brute_force_answer(run):
         assert rows[user_id]["history_size"] == len(listened)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "KNOWN BUG (issue 6, open): Beam's gzip reader stops silently at the cut; the lost listens are not reported"))
 def test_a_truncated_gzip_listens_file_is_reported_not_silently_cut(run, tmp_path):
     """A listens file cut short in transfer (a .gz without its end: 5,000 lines, half the
     compressed bytes). Beam's decompressor stops at the cut without an error, so today the

@@ -6,16 +6,22 @@ per user with duplicate user–song lines adding their play counts. Every listen
 the dead-letter output with a reason.
 """
 import dataclasses
+import io
 from typing import Iterable, Iterator, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.coders import coders
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.fileio import EmptyMatchTreatment
 
 from msd import listening
 
 METRICS_NAMESPACE = "msd_recommend"
 LISTENS = "listens"
 REJECTED = "rejected"
+SPLITTABLE = "splittable"
 
 
 def counter(name: str):
@@ -64,8 +70,95 @@ class ParseListensFn(beam.DoFn):
             yield record
 
 
+class RouteListensFileFn(beam.DoFn):
+    """A matched file → the ``SPLITTABLE`` output (plain text: Beam's text source reads it in
+    parallel byte ranges) or the main output (read whole by ``ReadWholeListensFileFn``:
+    compressed files, and plain files whose name holds glob characters, which Beam's range
+    reader would match again as a pattern)."""
+
+    def process(self, metadata) -> Iterator:
+        counter("listen_files_matched").inc()
+        if (listening.compression_of(metadata.path) == "uncompressed"
+                and not any(c in metadata.path for c in "*?[")):
+            counter("listen_files_read").inc()
+            yield beam.pvalue.TaggedOutput(SPLITTABLE, metadata)
+        else:
+            yield metadata
+
+
+class ReadWholeListensFileFn(beam.DoFn):
+    """A listens file read whole → (path, line bytes) as Beam's text source gives them, or one
+    file-level Rejection on the ``REJECTED`` output.
+
+    A compressed file is used only if it decompresses to its end: a file cut in transfer
+    (``truncated_file``) or corrupt (``corrupt_compressed_file``) is rejected as a whole, none
+    of its lines are parsed, and the rejection says how many lines were readable. Half a file
+    would silently bias the users in it (their histories cut at an arbitrary line), and lines
+    emitted downstream cannot be taken back, so no line leaves before the end is reached.
+
+    Memory stays bounded: a file of up to ``buffer_bytes`` decompressed is read once and kept
+    while it is checked; a larger one is read twice, a first streaming pass that only counts
+    lines to the end-of-stream marker, then a second that emits them. The second pass costs one
+    more decompression (gzip: ~0.3 s per 100 MB of text, small next to parsing the lines) and
+    one more read of the compressed bytes; buffering a 3 GB Taste Profile file instead would
+    not fit a worker. If the second pass does not give the first pass's line count (the file
+    changed in between), the bundle fails loudly rather than emit a different file.
+
+    ``.deflate`` and ``.zst`` files are refused (``unsupported_compression``): no reader at
+    hand notices a cut in them.
+    """
+
+    def __init__(self, buffer_bytes: int = 64 << 20):
+        self._buffer_bytes = buffer_bytes
+
+    def process(self, metadata) -> Iterator:
+        path = metadata.path
+        compression = listening.compression_of(path)
+        if compression in listening.UNVERIFIED_COMPRESSIONS:
+            yield self._rejected(listening.Rejection(
+                reason="unsupported_compression", source=path,
+                detail=f"{compression} files are not read: a cut in them cannot be detected; "
+                "recompress as .gz or .bz2"))
+            return
+        if compression == "uncompressed":
+            counter("listen_files_read").inc()
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
+                yield from ((path, line) for line in listening.split_lines(stream))
+            return
+        try:
+            verified = listening.verify_compressed(path, compression, self._buffer_bytes)
+        except listening.CompressedFileError as error:
+            counter("listen_lines_in_rejected_files").inc(error.lines)
+            yield self._rejected(error.rejection())
+            return
+        counter("listen_files_read").inc()
+        if verified.data is not None:
+            lines = listening.split_lines(io.BytesIO(verified.data))
+            emitted = 0
+            for emitted, line in enumerate(lines, 1):
+                yield path, line
+        else:
+            emitted = 0
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+                stream = listening.VERIFIED_COMPRESSIONS[compression](raw)
+                for emitted, line in enumerate(listening.split_lines(stream), 1):
+                    yield path, line
+        if emitted != verified.lines:
+            raise RuntimeError(f"{path}: {verified.lines:,} lines when checked, {emitted:,} "
+                               "when read: the file changed during the read")
+
+    @staticmethod
+    def _rejected(rejection: listening.Rejection):
+        counter(f"listen_files_rejected_{rejection.reason}").inc()
+        return beam.pvalue.TaggedOutput(REJECTED, rejection)
+
+
 class ReadListens(beam.PTransform):
-    """Listening files (patterns, local or gs://) → (Listens, Rejections)."""
+    """Listening files (patterns, local or gs://) → {``LISTENS``: Listens, ``REJECTED``:
+    Rejections}. Plain text files are read in parallel ranges by Beam's text source;
+    compressed ones whole, and only if they decompress to their end (see
+    ``ReadWholeListensFileFn``). A pattern that matches nothing reads nothing (the launchers
+    refuse such patterns before the job)."""
 
     def __init__(self, patterns: Sequence[str],
                  max_play_count: int = listening.DEFAULT_MAX_PLAY_COUNT):
@@ -74,12 +167,24 @@ class ReadListens(beam.PTransform):
         self._max_play_count = max_play_count
 
     def expand(self, pbegin):
-        lines = [pbegin | f"Read{i}" >> beam.io.ReadFromTextWithFilename(
-                     pattern, coder=coders.BytesCoder(), validate=False)
-                 for i, pattern in enumerate(self._patterns)]
-        return (lines | "AllLines" >> beam.Flatten()
-                | "Parse" >> beam.ParDo(ParseListensFn(self._max_play_count)).with_outputs(
-                    REJECTED, main=LISTENS))
+        files = (pbegin
+                 | "Patterns" >> beam.Create(self._patterns)
+                 | "Match" >> fileio.MatchAll(EmptyMatchTreatment.ALLOW)
+                 | "Route" >> beam.ParDo(RouteListensFileFn()).with_outputs(
+                     SPLITTABLE, main="whole"))
+        split_lines = files[SPLITTABLE] | "ReadRanges" >> beam.io.ReadAllFromText(
+            compression_type=CompressionTypes.UNCOMPRESSED, coder=coders.BytesCoder(),
+            with_filename=True)
+        whole = (files["whole"]
+                 | "SpreadFiles" >> beam.Reshuffle()
+                 | "ReadWhole" >> beam.ParDo(ReadWholeListensFileFn()).with_outputs(
+                     REJECTED, main="lines"))
+        parsed = ((split_lines, whole["lines"])
+                  | "AllLines" >> beam.Flatten()
+                  | "Parse" >> beam.ParDo(ParseListensFn(self._max_play_count)).with_outputs(
+                      REJECTED, main=LISTENS))
+        rejected = (parsed[REJECTED], whole[REJECTED]) | "AllRejected" >> beam.Flatten()
+        return {LISTENS: parsed[LISTENS], REJECTED: rejected}
 
 
 def catalogue_song_tracks(catalogue_pairs: Iterable[tuple[str, str]],
