@@ -238,6 +238,7 @@ def test_unknown_songs_are_dead_letters_too(run):
     unknown = [r for r in run["rejected"] if r["reason"] == "unknown_song"]
     assert len(unknown) == run["corpus"].unknown_song_listens
     assert "SOZZZZZZZZZZZZZZZZ" in unknown[0]["detail"]
+    assert unknown[0]["source"] == str(run["corpus"].triplets)
 
 
 def test_every_requested_user_is_accounted_for(run):
@@ -308,7 +309,7 @@ def test_a_truncated_gzip_listens_file_is_reported_not_silently_cut(run, tmp_pat
     broken.write_bytes(whole[: len(whole) // 2])
     output = tmp_path / "out"
     try:
-        recommend.run([
+        summary = recommend.run([
             "--features", str(corpus.root / "features/csv/part-*.csv"),
             "--listens", str(corpus.csv), "--listens", str(broken),
             "--output", str(output), "--k", str(K), "--run_date", RUN_DATE])
@@ -326,3 +327,25 @@ def test_a_truncated_gzip_listens_file_is_reported_not_silently_cut(run, tmp_pat
     assert [r["reason"] for r in about_file] == ["truncated_file"], (
         f"the truncated file was read as far as it goes and the job succeeded; dead letters "
         f"for it: {about_file}")
+    # Rejected whole: none of its listens are used, and the counts say so and reconcile.
+    (letter,) = about_file
+    assert "none of its lines are used" in letter["detail"]
+    assert summary["listen_files_matched"] == 2 and summary["listen_files_read"] == 1
+    assert summary["listen_files_rejected_by_reason"] == {"truncated_file": 1}
+    readable = summary["listen_lines_in_rejected_files"]
+    assert 0 < readable < 5000 and f"{readable:,} complete lines" in letter["detail"]
+    assert summary["listens_reconcile"]
+    assert summary["listen_lines_read"] == 6  # the CSV copy's lines only
+    assert summary["listens_rejected_by_reason"] == {"wrong_field_count": 1}
+    assert user(1) not in {r["user_id"] for r in pq.read_table(
+        output / f"run_date={RUN_DATE}").to_pylist()}
+
+
+def test_a_compressed_listens_pattern_that_matches_nothing_stops_the_job_naming_it(run, tmp_path):
+    corpus = run["corpus"]
+    missing = str(tmp_path / "nowhere" / "*.txt.gz")
+    with pytest.raises(SystemExit, match=r"--listens: no file matches .*nowhere/\*\.txt\.gz"):
+        recommend.run(["--features", str(corpus.root / "features/csv/part-*.csv"),
+                       "--listens", str(corpus.csv), "--listens", missing,
+                       "--output", str(tmp_path / "out"), "--k", str(K), "--run_date", RUN_DATE])
+    assert not (tmp_path / "out").exists()

@@ -44,7 +44,7 @@ def test_real_evaluation_triplets_all_parse(listening_dir):
     assert len({r.song_id for r in records}) == len({song for _, song, _ in expected})
     assert sum(r.play_count for r in records) == sum(int(count) for _, _, count in expected)
     assert records[-1] == Listen("a80c16a236f9c32b7f2c445c6fa6d7d28da1e2ca",
-                                 "SOMEUOD12A6D4FB4BE", 2)
+                                 "SOMEUOD12A6D4FB4BE", 2, str(path))
 
 
 def test_real_triplets_line_by_line_as_str_and_bytes(listening_dir):
@@ -236,7 +236,7 @@ def test_read_listens_numbers_lines_and_handles_gzip_and_bad_utf8(tmp_path):
         out.write(f"{USER}\t{SONG}\t2\n\n".encode() + b"\xc3\x28\tx\t1\n"
                   + f"{USER}\t{SONG}\t0".encode())
     records = listening.read_listens(str(path))
-    assert records[0] == Listen(USER, SONG, 2)
+    assert records[0] == Listen(USER, SONG, 2, str(path))  # a listen names its file too
     assert [(r.reason, r.line_number, r.source) for r in records[1:]] == [
         ("bad_utf8", 3, str(path)), ("non_positive_play_count", 4, str(path))]
     assert records[1].raw == "\\xc3(\tx\t1\n"
@@ -368,3 +368,25 @@ def test_side_file_parsers_never_raise(lines):
         parsed = parse(lines)
         assert parsed.lines_read == len(lines)
         assert all(isinstance(r, Rejection) and r.reason for r in parsed.rejections)
+
+
+@pytest.mark.parametrize("reader", [listening.read_listens, listening.read_song_to_tracks,
+                                    listening.read_kaggle_users])
+def test_read_helpers_refuse_a_cut_compressed_file_naming_it(tmp_path, reader):
+    """Side files (song_to_tracks, mismatches, users, kaggle_songs) are read whole on one
+    worker: a cut .gz stops the job with an error naming the file, not a shorter file."""
+    path = tmp_path / "side.txt.gz"
+    whole = gzip.compress("".join(f"{USER}\t{SONG}\t{i + 1}\n" for i in range(3000)).encode())
+    path.write_bytes(whole[: len(whole) * 2 // 3])
+    with pytest.raises(listening.CompressedFileError) as raised:
+        reader(str(path))
+    assert raised.value.reason == "truncated_file" and str(path) in str(raised.value)
+    assert 0 < raised.value.lines < 3000
+    assert f"{raised.value.lines:,} complete lines" in raised.value.detail
+
+
+def test_split_lines_cuts_an_endless_line_and_keeps_counting_lines(monkeypatch):
+    import io
+    monkeypatch.setattr(listening, "MAX_LINE_BYTES", 8)
+    lines = list(listening.split_lines(io.BytesIO(b"ab\r\n" + b"x" * 30 + b"\nlast")))
+    assert lines == [b"ab", b"x" * 8, b"last"]

@@ -43,7 +43,7 @@ class UserHistory:
 
 
 def listen_rejection(listen: listening.Listen, reason: str, detail: str) -> listening.Rejection:
-    return listening.Rejection(reason=reason, detail=detail,
+    return listening.Rejection(reason=reason, detail=detail, source=listen.source,
                                raw=f"{listen.user_id}\t{listen.song_id}\t{listen.play_count}")
 
 
