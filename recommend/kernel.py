@@ -8,12 +8,13 @@ vectors), the kernel computes
     result_u  = the k best songs the user has not listened to, best first,
                 ties broken by the lower catalogue index
 
-exactly (the same songs a float64 brute force picks, up to float32 rounding of the scores).
+exactly: the songs, order and scores of a float64 brute force (each score the float64 dot
+product of the float32 song vector with the float64 profile), whichever users share the batch.
 
 Public API
 ----------
 ``recommend(catalogue, histories, k=500, weights=None, *, batch_size=256)``
-    One-shot convenience wrapper: returns ``(indices int64 [B, k], scores float32 [B, k])``.
+    One-shot convenience wrapper: returns ``(indices int64 [B, k], scores float64 [B, k])``.
 ``CatalogueScorer(catalogue, *, batch_size=256, ...)``
     Holds the catalogue on the device once and keeps compiled ``tf.function`` s per padded batch
     size and ``k``; ``.recommend(histories, k, weights)`` / ``.recommend_packed(packed, k)``.
@@ -38,6 +39,17 @@ Pruning only ever drops a song when k other songs (not listened to) provably bea
   first chunks and rises with compactions), so results never depend on the guess.
 * Listened songs are removed from the candidates (a membership test against the sorted codes
   ``user * N + song``) before any threshold is computed from them and before the final choice.
+
+Why results do not depend on the batch
+--------------------------------------
+float32 matrix products round differently for different batch shapes, so the kernel's float32
+scores of a user change in the last bits with the users batched alongside (and near-tied songs
+can swap). The kernel therefore selects k + margin candidates in float32 and the final order
+and scores are computed in float64 on the host, each score one fixed-order reduction over its
+song's d products (``exact_scores``), from a profile summed in history order (``profiles64``).
+A per-user bound on the float32 error proves the candidates contain the float64 top k; a user
+whose margin is too thin (masses of near-ties) is scored in float64 over the whole catalogue.
+Cost: ~B * (k + margin) * d float64 products per batch, a few % of the catalogue pass.
 
 How it stays fast (one pass over the catalogue, memory bounded by a tile)
 -------------------------------------------------------------------------
@@ -429,6 +441,8 @@ class CatalogueScorer:
         device: Optional[str] = None,
     ):
         arr = _validate_catalogue(catalogue)
+        self._host = arr  # float64 re-ranking reads candidate rows from here
+        self._max_row_norm = float(np.sqrt(np.max(np.einsum("ij,ij->i", arr, arr, dtype=np.float64))))
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.num_songs, self.dim = int(arr.shape[0]), int(arr.shape[1])
@@ -521,17 +535,16 @@ class CatalogueScorer:
         fn = self._fns.get(key)
         if fn is None:
             if kind == "dense":
-                body = lambda s, u, w, n: self._dense_graph(bp, k, s, u, w, n)  # noqa: E731
+                body = lambda s, u, p: self._dense_graph(bp, k, s, u, p)  # noqa: E731
             else:
                 plan = self._plan(bp, k, guess=(kind == "stream"))
-                body = lambda s, u, w, n: self._stream_graph(plan, s, u, w, n)  # noqa: E731
+                body = lambda s, u, p: self._stream_graph(plan, s, u, p)  # noqa: E731
             fn = tf.function(
                 body,
                 input_signature=(
                     tf.TensorSpec([None], tf.int32),
                     tf.TensorSpec([None], tf.int32),
-                    tf.TensorSpec([None], tf.float32),
-                    tf.TensorSpec([], tf.int32),
+                    tf.TensorSpec([None, self.dim], tf.float32),
                 ),
                 autograph=False,
             )
@@ -540,12 +553,11 @@ class CatalogueScorer:
 
     # -- graph pieces ------------------------------------------------------------------------
 
-    def _profiles(self, bp, songs, users, weights, n_users):
-        flat = tf.reshape(self._cat3, [-1, self.dim])
-        listened = tf.gather(flat, songs) * weights[:, None]
-        prof = tf.math.unsorted_segment_sum(listened, users, bp)
-        real = tf.range(bp) < n_users
-        return tf.where(real[:, None], prof, flat[0:1])  # padding users get a harmless profile
+    def _profiles(self, bp, profiles):
+        """The batch's profiles [n, d] padded to [bp, d]; padding users get a harmless profile
+        (the first song's vector)."""
+        pad = tf.tile(self._cat3[0, 0:1], [bp - tf.shape(profiles)[0], 1])
+        return tf.ensure_shape(tf.concat([profiles, pad], axis=0), [bp, self.dim])
 
     def _chunk_scores(self, cat3, cs, n_valid, s0, ns, prof, excl, bp, rows_first=True):
         """Scores of storage chunks s0..s0+ns-1: [rows, bp] (``rows_first``; oneDNN computes
@@ -651,10 +663,10 @@ class CatalogueScorer:
         perm = tf.math.invert_permutation(tf.gather(start, users) + pos)
         return tf.gather(keys, perm), tf.gather(users, perm), tau, available
 
-    def _dense_graph(self, bp, k, songs, users, weights, n_users):
+    def _dense_graph(self, bp, k, songs, users, profiles):
         """Small batches: chunk scores, per-chunk top_k (chunks are independent, so they run in
         parallel), then one merge of the per-chunk winners by (score desc, index asc) keys."""
-        prof = self._profiles(bp, songs, users, weights, n_users)
+        prof = self._profiles(bp, profiles)
         cs = self.storage_rows
         per = max(1, min(32768 // cs, -(-self.n_storage // 2)))  # ~32k-row chunks, >= 2 if possible
         chunks = _chunk_plan(self.n_storage, per)
@@ -675,11 +687,11 @@ class CatalogueScorer:
         top = tf.math.top_k(allk, k).values if len(keys) > 1 else allk[:, :k]
         return _key_index(top), _key_scores(top), tf.ones([bp], tf.bool)
 
-    def _stream_graph(self, plan: _Plan, songs, users, weights, n_users):
+    def _stream_graph(self, plan: _Plan, songs, users, profiles):
         bp, k = plan.bp, plan.k
         cs, d = self.storage_rows, self.dim
         cat3 = self._cat3
-        prof = self._profiles(bp, songs, users, weights, n_users)
+        prof = self._profiles(bp, profiles)
         inf = tf.constant(np.inf, tf.float32)
         tau_s = tf.fill([bp], -inf)
 
@@ -819,7 +831,7 @@ class CatalogueScorer:
 
     # -- public ------------------------------------------------------------------------------
 
-    def _run(self, kind, packed: PackedHistories, k: int):
+    def _run(self, kind, packed: PackedHistories, profiles: np.ndarray, k: int):
         nb = packed.num_users
         bp = self.padded_batch(nb)
         if kind != "dense" and self.is_dense(bp):
@@ -827,24 +839,100 @@ class CatalogueScorer:
         fn = self._function(kind, bp, k)
         songs = packed.values.astype(np.int32)
         users = np.repeat(np.arange(nb, dtype=np.int32), packed.lengths())
-        w = packed.weights if packed.weights is not None else np.ones(songs.shape[0], np.float32)
-        idx, sc, ok = fn(
-            tf.constant(songs), tf.constant(users), tf.constant(w.astype(np.float32, copy=False)),
-            tf.constant(nb, tf.int32),
-        )
+        idx, sc, ok = fn(tf.constant(songs), tf.constant(users), tf.constant(profiles))
         return idx.numpy()[:nb], sc.numpy()[:nb], ok.numpy()[:nb]
 
+    def profiles64(self, packed: PackedHistories) -> np.ndarray:
+        """float64 [B, d] profiles, each summed in history order: a function of the user's
+        history only, whatever batch the user is in."""
+        rows = self._host[packed.values].astype(np.float64)
+        if packed.weights is not None:
+            rows *= packed.weights.astype(np.float64)[:, None]
+        prof = np.zeros((packed.num_users, self.dim), np.float64)
+        np.add.at(prof, np.repeat(np.arange(packed.num_users), packed.lengths()), rows)
+        return prof
+
+    def exact_scores(self, rows: np.ndarray, profiles64: np.ndarray) -> np.ndarray:
+        """float64 scores of catalogue ``rows`` ([n] for one profile [d], or [U, n] for
+        profiles [U, d]). Every score is one fixed-order reduction over its row's d products,
+        so it does not depend on which other rows are scored with it (this is what makes
+        results independent of the batch)."""
+        # float64 operands: einsum then needs no buffered casting, so each score is one inner
+        # loop over its row's d products (a buffer boundary could split a row otherwise).
+        return np.einsum("...nd,...d->...n", self._host[rows].astype(np.float64), profiles64)
+
+    def _error_bounds(self, prof64: np.ndarray, prof32: np.ndarray) -> np.ndarray:
+        """Per user, a bound on |float32 kernel score - float64 score| over all songs: float32
+        dot products of length d in any order (FMA included) err by at most
+        gamma_d * sum|F_ij p_j| <= gamma_d * |F_i| |p| (Cauchy-Schwarz), plus the rounding of
+        the profile to float32 and denormals flushed to zero; doubled for safety."""
+        unit = 2.0 ** -24
+        gamma = (self.dim + 2) * unit / (1 - (self.dim + 2) * unit)
+        norm32 = np.linalg.norm(prof32.astype(np.float64), axis=1)
+        rounding = np.linalg.norm(prof32.astype(np.float64) - prof64, axis=1)
+        return 2.0 * (gamma * self._max_row_norm * norm32 + self._max_row_norm * rounding
+                      + self.dim * 2.0 ** -126 + 1e-12 * self._max_row_norm * norm32)
+
+    def _exact_user(self, packed: PackedHistories, user: int, profile64: np.ndarray, k: int):
+        """One user's top k by float64 scores over the whole catalogue (chunked)."""
+        listened = np.unique(packed.values[packed.row_splits[user]:packed.row_splits[user + 1]])
+        best_idx = np.zeros(0, np.int64)
+        best_sc = np.zeros(0, np.float64)
+        step = 1 << 16
+        for lo in range(0, self.num_songs, step):
+            rows = np.arange(lo, min(self.num_songs, lo + step))
+            sc = self.exact_scores(rows, profile64)
+            sc[listened[(listened >= lo) & (listened < lo + step)] - lo] = -np.inf
+            cand_idx = np.concatenate([best_idx, rows])
+            cand_sc = np.concatenate([best_sc, sc])
+            order = np.lexsort((cand_idx, -cand_sc))[:k]
+            best_idx, best_sc = cand_idx[order], cand_sc[order]
+        return best_idx, best_sc
+
+    def _refine(self, packed, prof64, prof32, idx, sc, k, avail):
+        """Exact float64 order for the float32 kernel's top k' (k' > k) candidates.
+
+        With delta_u bounding every float32 score's error, a song of the float64 top k has a
+        float32 score >= s32[k-1] - 2 delta_u. When the k'-th candidate scores below that (or
+        the user's every available song is a candidate), the candidates hold the float64 top k
+        and re-ranking them in float64 gives it exactly; otherwise the user is scored in
+        float64 over the whole catalogue. Either way the result depends only on the history."""
+        delta = self._error_bounds(prof64, prof32)
+        kk = idx.shape[1]
+        safe = (sc[:, kk - 1].astype(np.float64) < sc[:, k - 1].astype(np.float64) - 2 * delta) | (avail <= kk)
+        out_idx = np.zeros((idx.shape[0], k), np.int64)
+        out_sc = np.zeros((idx.shape[0], k), np.float64)
+        users = np.flatnonzero(safe)
+        if users.size:
+            candidates = idx[users]
+            rescored = self.exact_scores(candidates, prof64[users])
+            order = np.lexsort((candidates, -rescored), axis=1)[:, :k]
+            out_idx[users] = np.take_along_axis(candidates, order, axis=1)
+            out_sc[users] = np.take_along_axis(rescored, order, axis=1)
+        for user in np.flatnonzero(~safe):
+            out_idx[user], scores = self._exact_user(packed, int(user), prof64[user], k)
+            out_sc[user] = scores
+        return out_idx, out_sc, int((~safe).sum())
+
     def recommend_packed(self, packed: PackedHistories, k: int = DEFAULT_K):
-        """Top-k for already packed and validated histories (see ``pack_histories``/``check_k``)."""
+        """Top-k for already packed and validated histories (see ``pack_histories``/``check_k``).
+
+        The TensorFlow kernel picks the best k + margin songs by float32 scores; they are then
+        ranked by float64 scores (``_refine``), so a user's songs, order and scores are the same
+        whichever users they are batched with."""
         k = _check_k_value(k)
         b = packed.num_users
         out_idx = np.zeros((b, k), np.int64)
-        out_sc = np.zeros((b, k), np.float32)
-        fallbacks = 0
+        out_sc = np.zeros((b, k), np.float64)
+        fallbacks = refined_in_float64 = 0
         for start in range(0, b, self.batch_size):
             stop = min(b, start + self.batch_size)
             part = packed.slice(start, stop)
-            idx, sc, ok = self._run("stream", part, k)
+            prof64 = self.profiles64(part)
+            prof32 = prof64.astype(np.float32)
+            avail = np.int64(self.num_songs) - _distinct_per_user(part, self.num_songs)
+            kk = int(min(k + max(8, k // 16), avail.min()))
+            idx, sc, ok = self._run("stream", part, prof32, kk)
             bad = np.flatnonzero(~ok)
             if bad.size:
                 # The speculative threshold was too high for these users (e.g. many tied
@@ -853,16 +941,20 @@ class CatalogueScorer:
                 sub = _subset(part, bad)
                 for s2 in range(0, bad.size, self.batch_size):
                     piece = sub.slice(s2, min(bad.size, s2 + self.batch_size))
-                    i2, c2, _ = self._run("exact", piece, k)
-                    idx[bad[s2 : s2 + piece.num_users]] = i2
-                    sc[bad[s2 : s2 + piece.num_users]] = c2
+                    rows = bad[s2 : s2 + piece.num_users]
+                    i2, c2, _ = self._run("exact", piece, prof32[rows], kk)
+                    idx[rows] = i2
+                    sc[rows] = c2
+            idx, sc, whole = self._refine(part, prof64, prof32, idx, sc, k, avail)
+            refined_in_float64 += whole
             out_idx[start:stop] = idx
             out_sc[start:stop] = sc
-        self.last_stats = {"users": b, "fallback_users": fallbacks}
+        self.last_stats = {"users": b, "fallback_users": fallbacks,
+                           "float64_catalogue_users": refined_in_float64}
         return out_idx, out_sc
 
     def recommend(self, histories, k: int = DEFAULT_K, weights=None):
-        """``(indices int64 [B, k], scores float32 [B, k])``, best first; see the module docs."""
+        """``(indices int64 [B, k], scores float64 [B, k])``, best first; see the module docs."""
         k = _check_k_value(k)
         packed = pack_histories(histories, weights, num_songs=self.num_songs)
         _check_k_packed(packed, self.num_songs, k)
@@ -893,7 +985,7 @@ class _nullcontext:
 
 
 def recommend(catalogue, histories, k: int = DEFAULT_K, weights=None, *, batch_size: int = 256, **options):
-    """Exact top-k recommendations: ``(indices int64 [B, k], scores float32 [B, k])``.
+    """Exact top-k recommendations: ``(indices int64 [B, k], scores float64 [B, k])``.
 
     ``catalogue`` float32 [N, d] (L2-normalised rows); ``histories`` B sequences of row indices
     (duplicates allowed); ``weights`` optional, parallel to ``histories``. Listened songs are
@@ -905,6 +997,6 @@ def recommend(catalogue, histories, k: int = DEFAULT_K, weights=None, *, batch_s
     packed = pack_histories(histories, weights, num_songs=arr.shape[0])
     _check_k_packed(packed, arr.shape[0], k)
     if packed.num_users == 0:
-        return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+        return np.zeros((0, k), np.int64), np.zeros((0, k), np.float64)
     scorer = CatalogueScorer(arr, batch_size=min(batch_size, max(1, packed.num_users)), **options)
     return scorer.recommend_packed(packed, k)

@@ -206,19 +206,17 @@ def test_kernel_order_is_exact_whatever_the_internal_options(problem):
         candidates = np.setdiff1d(np.arange(len(catalogue)), np.asarray(history, np.int64))
         order = candidates[np.lexsort((candidates, -exact[candidates]))][:k]
         assert indices[user].tolist() == order.tolist(), (user, options)
-        np.testing.assert_array_equal(scores[user], exact[order].astype(np.float32))
+        np.testing.assert_array_equal(scores[user], exact[order])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "KNOWN BUG (issue 6, open): float32 GEMM results depend on the batch shape, so a user's scores differ in the last bits between batches"))
 def test_a_users_result_does_not_depend_on_the_rest_of_the_batch():
     """Determinism of the pipeline rests on this: a user's recommendations must be a
-    function of their history, whichever users Beam happens to batch them with. Today the
-    float32 scores differ in the last bits between a user scored alone (padded batch 1, dense
-    path) and the same user in a batch of 256 (streaming path: other matmul shapes), for every
-    user checked; with near-tied songs the order changes too (on this machine, user 35: songs
-    21407 and 49636, float64 scores 2.44880535 and 2.44880557, swap places). Expected: the
-    same indices and bit-identical scores."""
+    function of their history, whichever users Beam happens to batch them with. float32
+    scores differ in the last bits between a user scored alone (padded batch 1, dense path)
+    and the same user in a batch of 256 (streaming path: other matmul shapes); with near-tied
+    songs the order changed too (before the float64 re-ranking, user 35: songs 21407 and 49636,
+    float64 scores 2.44880535 and 2.44880557, swapped places). Expected: the same indices and
+    bit-identical scores."""
     rng = np.random.default_rng(0)
     n = 50_000
     catalogue = rng.normal(size=(n, 90)).astype(np.float32)
@@ -236,3 +234,45 @@ def test_a_users_result_does_not_depend_on_the_rest_of_the_batch():
     assert not order_differs and not scores_differ, (
         f"users whose songs/order depend on the batch: {order_differs}; whose scores do: "
         f"{len(scores_differ)} of {len(range(0, 300, 7))}")
+
+
+def test_near_tied_users_scored_over_the_whole_catalogue_match_the_batch_path():
+    """Masses of exactly tied songs at the k-th place leave no safe margin for the float32
+    candidates, so those users are scored in float64 over the whole catalogue. Their songs,
+    order (ties by lower index) and scores must equal the brute force, alone or in a batch."""
+    rng = np.random.default_rng(3)
+    n, d, k = 3000, 16, 50
+    catalogue = rng.normal(size=(n, d)).astype(np.float32)
+    catalogue /= np.linalg.norm(catalogue, axis=1, keepdims=True)
+    catalogue[100:400] = catalogue[0]  # 300 copies of song 0: ties everywhere near the top
+    histories = [[0, 5, 9], [0, 7], [11, 12, 13, 14], [0]]
+    scorer = kernel.CatalogueScorer(catalogue, batch_size=4, dense_elements=0,
+                                    tile_elements=1 << 12, storage_rows=64)
+    indices, scores = scorer.recommend(histories, k=k)
+    assert scorer.last_stats["float64_catalogue_users"] >= 2  # at least [0] and [0, 7]
+    for user, history in enumerate(histories):
+        exact = brute_force_scores(catalogue, history)
+        candidates = np.setdiff1d(np.arange(n), history)
+        order = candidates[np.lexsort((candidates, -exact[candidates]))][:k]
+        assert indices[user].tolist() == order.tolist()
+        np.testing.assert_allclose(scores[user], exact[order], rtol=1e-12)
+        alone_indices, alone_scores = scorer.recommend([history], k=k)
+        np.testing.assert_array_equal(alone_indices[0], indices[user])
+        np.testing.assert_array_equal(alone_scores[0], scores[user])
+
+
+def test_exact_scores_do_not_depend_on_the_rows_scored_with_them():
+    """The float64 re-ranking relies on one row's score being the same bits whether it is
+    scored alone, among others, or for several profiles at once."""
+    rng = np.random.default_rng(4)
+    catalogue = rng.normal(size=(5000, 90)).astype(np.float32)
+    scorer = kernel.CatalogueScorer(catalogue)
+    profiles = rng.normal(size=(3, 90))
+    rows = rng.integers(0, 5000, size=(3, 700))
+    together = scorer.exact_scores(rows, profiles)
+    for user in range(3):
+        np.testing.assert_array_equal(scorer.exact_scores(rows[user], profiles[user]), together[user])
+        for position in (0, 1, 699):
+            np.testing.assert_array_equal(
+                scorer.exact_scores(rows[user][position:position + 1], profiles[user]),
+                together[user][position:position + 1])

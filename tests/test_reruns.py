@@ -389,16 +389,11 @@ def test_two_runs_give_identical_recommendations_with_two_worker_threads(
     assert_same_recommendations(rows, recommend_reference[2])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "KNOWN BUG (issue 6, open): same cause as test_properties.py::test_a_users_result_does_not_depend_on_the_rest_of_the_batch"))
 def test_scores_are_bitwise_identical_between_runs(data, features_reference,
                                                    recommend_reference, tmp_path):
-    """Same inputs, another batch size: the scores of some users differ in the last bits
-    (e.g. 13.945720672607422 vs 13.945719718933105), because the kernel's float32 result for
-    a user depends on the batch it is scored in (see test_properties.py::
-    test_a_users_result_does_not_depend_on_the_rest_of_the_batch). With near-tied songs
-    that changes the order too (found there: two songs swap places). Expected: a user's
-    row is a function of the inputs only."""
+    """Same inputs, another batch size: every user's row is identical, scores to the bit.
+    (Before the kernel's float64 re-ranking, float32 scores differed in the last bits between
+    batch compositions, e.g. 13.945720672607422 vs 13.945719718933105.)"""
     _, sample = data
     output = tmp_path / "recs"
     recommend.run(recommend_args(features_reference[0], sample, output, D1)
