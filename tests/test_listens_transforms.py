@@ -118,8 +118,9 @@ def test_a_large_compressed_file_is_read_in_two_passes_with_the_same_lines(tmp_p
     data = tricky_listens_bytes(2000)
     path.write_bytes(gzip.compress(data))
     metadata = FileSystems.match([str(path)])[0].metadata_list[0]
-    one_pass = list(listens_lib.ReadWholeListensFileFn().process(metadata))
-    two_passes = list(listens_lib.ReadWholeListensFileFn(buffer_bytes=1000).process(metadata))
+    one_pass = list(listens_lib.ReadListensFileFn().process((metadata.path, None)))
+    two_passes = list(listens_lib.ReadListensFileFn(buffer_bytes=1000).process(
+        (metadata.path, None)))
     assert one_pass == two_passes
     assert len(one_pass) == 2000 and one_pass[0] == (str(path), data.split(b"\r\n", 1)[0])
 
@@ -171,3 +172,17 @@ def test_a_file_name_with_glob_characters_is_read_once(tmp_path):
     listens, _ = read_listens_and_rejections([tmp_path / "*.txt"])
     assert listens == [listening.Listen(U1, SONG_A, 1, str(path)),
                        listening.Listen(U2, SONG_B, 2, str(path))]
+
+
+def test_a_plain_file_read_in_many_byte_ranges_gives_each_line_once(tmp_path):
+    """Plain files are read in parallel byte ranges (64 MB each; 500 bytes here): each line is
+    read once, by the range its first byte falls in, exactly as the whole file reads."""
+    path = tmp_path / "listens.txt"
+    data = tricky_listens_bytes(400)
+    path.write_bytes(data)
+    metadata = FileSystems.match([str(path)])[0].metadata_list[0]
+    ranges = list(listens_lib.ListensFileRangesFn(range_bytes=500).process(metadata))
+    assert len(ranges) == -(-len(data) // 500) and all(p == str(path) for p, _ in ranges)
+    lines = [line for part in ranges for _, line in listens_lib.ReadListensFileFn().process(part)]
+    import io
+    assert lines == list(listening.split_lines(io.BytesIO(data))) and len(lines) == 400
