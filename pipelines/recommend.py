@@ -112,14 +112,15 @@ def _read_side_file(path: Optional[str], reader) -> tuple[object, list[listening
 
 def song_index(features: str, song_to_tracks_path: Optional[str],
                mismatches_path: Optional[str]) -> tuple[dict, set, dict, list]:
-    """Built on one worker: (song → track, songs lost to mismatches, track → song, rejections)."""
+    """Built on one worker: (song → track, songs lost to mismatches, track → catalogue row,
+    rejections)."""
     catalogue = catalogue_lib.load_catalogue(features)
     pairs = list(zip(catalogue.track_ids.tolist(), catalogue.song_ids.tolist()))
     song_to_tracks, rejected_a = _read_side_file(song_to_tracks_path, listening.read_song_to_tracks)
     mismatches, rejected_b = _read_side_file(mismatches_path, listening.read_sid_mismatches)
     track_of_song, mismatched = listens_lib.catalogue_song_tracks(pairs, song_to_tracks,
                                                                   mismatches or set())
-    return track_of_song, mismatched, dict(pairs), rejected_a + rejected_b
+    return track_of_song, mismatched, catalogue.row_of_track(), rejected_a + rejected_b
 
 
 def _requested_users(path: str) -> tuple[list[str], list[listening.Rejection]]:
@@ -182,6 +183,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: RecommendOptions, run_date:
              | "SongIndex" >> beam.Map(song_index, options.song_to_tracks, options.mismatches))
     track_of_song = index | "TrackOfSong" >> beam.Map(lambda i: i[0])
     mismatched = index | "Mismatched" >> beam.Map(lambda i: i[1])
+    row_of_track = index | "RowOfTrack" >> beam.Map(lambda i: i[2])
     side_file_rejections = index | "SideFileRejections" >> beam.FlatMap(lambda i: i[3])
 
     parsed = pipeline | "ReadListens" >> listens_lib.ReadListens(options.listens,
@@ -214,11 +216,12 @@ def build_pipeline(pipeline: beam.Pipeline, options: RecommendOptions, run_date:
                | "Listeners" >> beam.CombinePerKey(sum)
                | "AllCounts" >> beam.combiners.ToList()
                | "MostPopular" >> beam.Map(
-                   lambda counts, index: scoring.most_popular(counts, index[2], options.k),
-                   beam.pvalue.AsSingleton(index)))
+                   lambda counts, rows: scoring.most_popular(counts, rows, options.k),
+                   beam.pvalue.AsSingleton(row_of_track)))
     fallback = without | "Fallback" >> beam.ParDo(
         scoring.PopularityFallbackFn(context, options.fallback == "popularity"),
-        beam.pvalue.AsSingleton(popular)).with_outputs(scoring.REJECTED, main="rows")
+        beam.pvalue.AsSingleton(popular), beam.pvalue.AsSingleton(row_of_track)).with_outputs(
+            scoring.REJECTED, main="rows")
 
     rows = (scored[scoring.SCORED], fallback["rows"]) | "AllRows" >> beam.Flatten()
     rejections += [scored[scoring.REJECTED], fallback[scoring.REJECTED]]
@@ -231,8 +234,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: RecommendOptions, run_date:
                                                   file_name_suffix=".jsonl"))
     if options.kaggle_submission:
         _ = (rows
-             | "SubmissionSongs" >> beam.Map(
-                 lambda row: (row["user_id"], [r["song_id"] for r in row["recommendations"]]))
+             | "SubmissionSongs" >> beam.ParDo(writers.SongIdsOfUserFn(options.features))
              | "AllUsers" >> beam.combiners.ToDict()
              | "WriteSubmission" >> beam.Map(write_submission, options.users, options.kaggle_songs,
                                              options.kaggle_submission))
@@ -328,7 +330,8 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
 
     if writers.looks_like_bigquery(output):
         table = writers.parse_bigquery_table(output)
-        destination = writers.WriteRecommendationsToBigQuery(table, run_date, temp_location)
+        destination = writers.WriteRecommendationsToBigQuery(
+            table, run_date, recommend_options.features, temp_location)
         report_dir = recommend_options.report_dir or (
             temp_location and FileSystems.join(temp_location, "recommend_reports",
                                                f"run_date={run_date.isoformat()}"))
@@ -346,7 +349,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
         # the job succeeded: a killed run leaves the previous partition and its reports intact.
         staging = writers.staging_dir(output, run_date)
         destination = writers.WriteRecommendationsToParquet(
-            FileSystems.join(staging, "rows"),
+            FileSystems.join(staging, "rows"), recommend_options.features,
             options.view_as(config_lib.OutputOptions).num_shards)
         report_dir = recommend_options.report_dir or FileSystems.join(
             output.rstrip("/"), "_reports", f"run_date={run_date.isoformat()}")

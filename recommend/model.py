@@ -59,10 +59,11 @@ class CatalogueRecommender:
         """A method, not a property: a model shared across processes is reached by proxy."""
         return len(self.catalogue)
 
-    def recommend(self, track_histories: Sequence[Sequence[str]],
-                  play_counts: Sequence[Sequence[int]], k: int, weighting: str = "none",
-                  ) -> list[list[tuple[str, str, float]]]:
-        """For each user, k (track_id, song_id, score) best first, none of their own tracks.
+    def recommend_rows(self, track_histories: Sequence[Sequence[str]],
+                       play_counts: Sequence[Sequence[int]], k: int, weighting: str = "none",
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """For each user, the k best catalogue rows (int32 [B, k], best first, none of their own
+        tracks) and their scores (float64 [B, k]): compact, for the pipeline.
 
         Every track id must be in the catalogue (the pipeline resolved them) and every user must
         leave at least k songs unlistened (``kernel.check_k`` checks that first).
@@ -71,7 +72,14 @@ class CatalogueRecommender:
         weights = None
         if weighting != "none":
             weights = [listen_weights(counts, weighting) for counts in play_counts]
-        indices, scores = self._scorer.recommend(histories, k=k, weights=weights)
+        rows, scores = self._scorer.recommend(histories, k=k, weights=weights)
+        return rows.astype(np.int32), scores
+
+    def recommend(self, track_histories: Sequence[Sequence[str]],
+                  play_counts: Sequence[Sequence[int]], k: int, weighting: str = "none",
+                  ) -> list[list[tuple[str, str, float]]]:
+        """For each user, k (track_id, song_id, score) best first (see ``recommend_rows``)."""
+        rows, scores = self.recommend_rows(track_histories, play_counts, k, weighting)
         track_ids, song_ids = self.catalogue.track_ids, self.catalogue.song_ids
         return [[(track_ids[i], song_ids[i], float(s)) for i, s in zip(row_i, row_s)]
-                for row_i, row_s in zip(indices.tolist(), scores.tolist())]
+                for row_i, row_s in zip(rows.tolist(), scores.tolist())]

@@ -1,12 +1,14 @@
 import datetime
 import os
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipelines import recommend
 from transforms import write_recommendations as writers
+from transforms.scoring import ScoredUser
 
 DAY = datetime.date(2026, 11, 23)
 
@@ -53,10 +55,32 @@ def test_bigquery_schema_matches_the_parquet_twin():
         "clustering": {"fields": ["user_id"]}}
 
 
-def test_bigquery_rows_carry_the_date_as_iso_text():
-    row = {"user_id": "u", "run_date": DAY, "model": "m", "history_size": 1, "recommendations": []}
-    assert writers.bigquery_row(row)["run_date"] == "2026-11-23"
-    assert row["run_date"] == DAY  # the input row is not changed
+IDS = writers.CatalogueIds(np.array(["TRA", "TRB", "TRC"], dtype=object),
+                           np.array(["SOA", "SOB", "SOC"], dtype=object))
+USERS = [ScoredUser("u1", "m", 4, np.array([2, 0], np.int32), np.array([0.75, 0.5])),
+         ScoredUser("u2", "m:popularity_fallback", 0, np.array([1, 2], np.int32),
+                    np.array([3.0, 1.0]))]
+
+
+def test_a_scored_user_becomes_the_design_row_with_the_date_as_iso_text():
+    assert writers.recommendation_row(USERS[0], IDS, DAY) == {
+        "user_id": "u1", "run_date": "2026-11-23", "model": "m", "history_size": 4,
+        "recommendations": [
+            {"rank": 1, "song_id": "SOC", "track_id": "TRC", "score": 0.75},
+            {"rank": 2, "song_id": "SOA", "track_id": "TRA", "score": 0.5}]}
+
+
+def test_scored_users_become_one_arrow_batch_of_the_parquet_schema():
+    batch = writers.recommendations_batch(USERS, IDS)
+    assert batch.schema == writers.PARQUET_SCHEMA
+    assert batch.to_pylist() == [
+        {"user_id": "u1", "model": "m", "history_size": 4, "recommendations": [
+            {"rank": 1, "song_id": "SOC", "track_id": "TRC", "score": 0.75},
+            {"rank": 2, "song_id": "SOA", "track_id": "TRA", "score": 0.5}]},
+        {"user_id": "u2", "model": "m:popularity_fallback", "history_size": 0,
+         "recommendations": [
+             {"rank": 1, "song_id": "SOB", "track_id": "TRB", "score": 3.0},
+             {"rank": 2, "song_id": "SOC", "track_id": "TRC", "score": 1.0}]}]
 
 
 def write_staging(output, rows, day=DAY, report_line=None):

@@ -6,6 +6,7 @@ import datetime
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from msd import listening
@@ -24,18 +25,26 @@ class RunContext:
     k: int
 
 
-def recommendation_row(history: UserHistory, recommendations: Sequence[tuple[str, str, float]],
-                       model: str, run_date: datetime.date) -> dict:
-    """One output row (DESIGN.md schema); rank 1 is the best."""
-    return {
-        "user_id": history.user_id,
-        "run_date": run_date,
-        "model": model,
-        "history_size": history.size,
-        "recommendations": [
-            {"rank": rank, "song_id": song_id, "track_id": track_id, "score": score}
-            for rank, (track_id, song_id, score) in enumerate(recommendations, 1)],
-    }
+@dataclasses.dataclass(frozen=True)
+class ScoredUser:
+    """A user's k recommendations as catalogue rows (best first) with their scores.
+
+    Compact on purpose (12 bytes per recommendation instead of a dict per song): the writers
+    turn them into output rows with the catalogue's ids (``write_recommendations``)."""
+    user_id: str
+    model: str
+    history_size: int
+    rows: np.ndarray    # int32 [k], catalogue rows (the catalogue's sorted track order)
+    scores: np.ndarray  # float64 [k]
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, ScoredUser)
+                and (self.user_id, self.model, self.history_size)
+                == (other.user_id, other.model, other.history_size)
+                and np.array_equal(self.rows, other.rows)
+                and np.array_equal(self.scores, other.scores))
+
+    __hash__ = None
 
 
 def user_rejection(history: UserHistory, reason: str, detail: str) -> listening.Rejection:
@@ -63,9 +72,10 @@ class RecommenderModelHandler(ModelHandler[UserHistory, Any, CatalogueRecommende
         k = self._context.k
         num_songs = model.num_songs()
         scorable = [h for h in batch if num_songs - h.size >= k]
-        results = iter(model.recommend([h.track_ids for h in scorable],
-                                       [h.play_counts for h in scorable], k, self._weighting)
-                       if scorable else [])
+        rows, scores = (model.recommend_rows([h.track_ids for h in scorable],
+                                             [h.play_counts for h in scorable], k, self._weighting)
+                        if scorable else (None, None))
+        position = 0
         for history in batch:
             if num_songs - history.size < k:
                 yield PredictionResult(history, user_rejection(
@@ -73,8 +83,10 @@ class RecommenderModelHandler(ModelHandler[UserHistory, Any, CatalogueRecommende
                     f"the user listened to {history.size} of the {num_songs} catalogue songs, "
                     f"leaving fewer than k={k} to recommend"))
             else:
-                yield PredictionResult(history, recommendation_row(
-                    history, next(results), self._context.model, self._context.run_date))
+                yield PredictionResult(history, ScoredUser(
+                    history.user_id, self._context.model, history.size, rows[position],
+                    scores[position]))
+                position += 1
 
     def share_model_across_processes(self) -> bool:
         return True
@@ -120,11 +132,12 @@ class ScoreUsers(beam.PTransform):
                 | "Split" >> beam.ParDo(SplitPredictionsFn()).with_outputs(REJECTED, main=SCORED))
 
 
-def most_popular(listener_counts: Iterable[tuple[str, int]], song_of_track: dict[str, str],
-                 size: int) -> list[tuple[str, str, float]]:
-    """The ``size`` tracks with most listeners, ties by lower track id, as (track, song, count)."""
+def most_popular(listener_counts: Iterable[tuple[str, int]], row_of_track: dict[str, int],
+                 size: int) -> list[tuple[int, float]]:
+    """The ``size`` tracks with most listeners, ties by lower track id, as (catalogue row,
+    listener count)."""
     ranked = sorted(listener_counts, key=lambda item: (-item[1], item[0]))[:size]
-    return [(track_id, song_of_track.get(track_id, ""), float(count)) for track_id, count in ranked]
+    return [(row_of_track[track_id], float(count)) for track_id, count in ranked]
 
 
 class PopularityFallbackFn(beam.DoFn):
@@ -135,7 +148,8 @@ class PopularityFallbackFn(beam.DoFn):
         self._context = context
         self._enabled = enabled
 
-    def process(self, history: UserHistory, popular: list[tuple[str, str, float]]) -> Iterator:
+    def process(self, history: UserHistory, popular: list[tuple[int, float]],
+                row_of_track: dict[str, int]) -> Iterator:
         k = self._context.k
         if not self._enabled:
             counter("users_rejected_no_known_song").inc()
@@ -143,7 +157,7 @@ class PopularityFallbackFn(beam.DoFn):
                 history, "no_known_song", f"none of the user's {history.unknown_listens} listens "
                 "is a catalogue song, and --fallback is none"))
             return
-        own = set(history.track_ids)
+        own = {row_of_track[track_id] for track_id in history.track_ids}
         picks = [item for item in popular if item[0] not in own][:k]
         if len(picks) < k:
             counter("users_rejected_fallback_too_short").inc()
@@ -152,5 +166,6 @@ class PopularityFallbackFn(beam.DoFn):
                 f"exist to recommend by popularity; k={k}"))
             return
         counter("users_fallback").inc()
-        yield recommendation_row(history, picks, f"{self._context.model}:popularity_fallback",
-                                 self._context.run_date)
+        yield ScoredUser(history.user_id, f"{self._context.model}:popularity_fallback",
+                         history.size, np.array([row for row, _ in picks], np.int32),
+                         np.array([count for _, count in picks], np.float64))

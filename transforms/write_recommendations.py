@@ -24,11 +24,16 @@ import dataclasses
 import datetime
 import re
 import uuid
-from typing import Optional
+from typing import Iterator, Optional, Sequence
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.utils import shared
+
+from recommend import catalogue as catalogue_lib
+from transforms.scoring import ScoredUser
 
 RECOMMENDATION_TYPE = pa.struct([("rank", pa.int64()), ("song_id", pa.string()),
                                  ("track_id", pa.string()), ("score", pa.float64())])
@@ -88,24 +93,114 @@ def parse_bigquery_table(output: str) -> BigQueryTable:
     return BigQueryTable(match["project"], match["dataset"], match["table"])
 
 
-def bigquery_row(row: dict) -> dict:
-    """A recommendation row as BigQuery's JSON load format wants it (DATE as ISO text)."""
-    return dict(row, run_date=row["run_date"].isoformat())
+class CatalogueIds:
+    """The catalogue's track and song ids by row (the order the scoring model uses), loaded
+    once per worker process and shared by the writers' threads."""
+
+    _shared = shared.Shared()
+
+    def __init__(self, track_ids: np.ndarray, song_ids: np.ndarray):
+        self.track_ids = track_ids
+        self.song_ids = song_ids
+
+    @classmethod
+    def load(cls, features: str) -> "CatalogueIds":
+        def read() -> CatalogueIds:
+            catalogue = catalogue_lib.load_catalogue(features)
+            return cls(catalogue.track_ids, catalogue.song_ids)
+        return cls._shared.acquire(read, tag=features)
+
+
+def recommendation_row(user: ScoredUser, ids: CatalogueIds, run_date: datetime.date) -> dict:
+    """One output row (DESIGN.md schema), rank 1 the best; ``run_date`` as ISO text (what
+    BigQuery's JSON load format wants)."""
+    return {
+        "user_id": user.user_id,
+        "run_date": run_date.isoformat(),
+        "model": user.model,
+        "history_size": user.history_size,
+        "recommendations": [
+            {"rank": rank, "song_id": ids.song_ids[row], "track_id": ids.track_ids[row],
+             "score": score}
+            for rank, (row, score) in enumerate(zip(user.rows.tolist(), user.scores.tolist()), 1)],
+    }
+
+
+def recommendations_batch(users: Sequence[ScoredUser], ids: CatalogueIds) -> pa.RecordBatch:
+    """Users as one Arrow record batch of ``PARQUET_SCHEMA`` (columnar, no per-song objects)."""
+    lengths = np.array([len(user.rows) for user in users], np.int32)
+    offsets = np.zeros(len(users) + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    rows = np.concatenate([user.rows for user in users]) if users else np.zeros(0, np.int32)
+    ranks = np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1], lengths) + 1
+    songs = pa.StructArray.from_arrays(
+        [pa.array(ranks, pa.int64()), pa.array(ids.song_ids[rows], pa.string()),
+         pa.array(ids.track_ids[rows], pa.string()),
+         pa.array(np.concatenate([user.scores for user in users]) if users else [], pa.float64())],
+        fields=list(RECOMMENDATION_TYPE))
+    return pa.RecordBatch.from_arrays([
+        pa.array([user.user_id for user in users], pa.string()),
+        pa.array([user.model for user in users], pa.string()),
+        pa.array([user.history_size for user in users], pa.int64()),
+        pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), songs,
+                                 type=pa.list_(RECOMMENDATION_TYPE)),
+    ], schema=PARQUET_SCHEMA)
+
+
+class ToBigQueryRowsFn(beam.DoFn):
+    """ScoredUser → a BigQuery row dict (built one at a time, right before the load files)."""
+
+    def __init__(self, features: str, run_date: datetime.date):
+        self._features = features
+        self._run_date = run_date
+
+    def setup(self):
+        self._ids = CatalogueIds.load(self._features)
+
+    def process(self, user: ScoredUser) -> Iterator[dict]:
+        yield recommendation_row(user, self._ids, self._run_date)
+
+
+class ToParquetTablesFn(beam.DoFn):
+    """Batches of ScoredUsers → Arrow tables for ``WriteToParquetBatched``."""
+
+    def __init__(self, features: str):
+        self._features = features
+
+    def setup(self):
+        self._ids = CatalogueIds.load(self._features)
+
+    def process(self, users: list[ScoredUser]) -> Iterator[pa.Table]:
+        yield pa.Table.from_batches([recommendations_batch(users, self._ids)])
+
+
+class SongIdsOfUserFn(beam.DoFn):
+    """ScoredUser → (user_id, recommended song ids best first), for the Kaggle submission."""
+
+    def __init__(self, features: str):
+        self._features = features
+
+    def setup(self):
+        self._ids = CatalogueIds.load(self._features)
+
+    def process(self, user: ScoredUser) -> Iterator[tuple[str, list[str]]]:
+        yield user.user_id, self._ids.song_ids[user.rows].tolist()
 
 
 class WriteRecommendationsToBigQuery(beam.PTransform):
-    """Replaces the run_date partition of the table with these rows (batch FILE_LOADS)."""
+    """Replaces the run_date partition of the table with these users' rows (batch FILE_LOADS)."""
 
-    def __init__(self, table: BigQueryTable, run_date: datetime.date,
+    def __init__(self, table: BigQueryTable, run_date: datetime.date, features: str,
                  gcs_temp_location: Optional[str] = None):
         super().__init__()
         self._table = table
         self._run_date = run_date
+        self._features = features
         self._gcs_temp_location = gcs_temp_location
 
-    def expand(self, rows):
-        return (rows
-                | "ToBigQueryRow" >> beam.Map(bigquery_row)
+    def expand(self, users):
+        return (users
+                | "ToBigQueryRow" >> beam.ParDo(ToBigQueryRowsFn(self._features, self._run_date))
                 | "WriteToBigQuery" >> beam.io.WriteToBigQuery(
                     self._table.partition_spec(self._run_date),
                     schema=BIGQUERY_SCHEMA,
@@ -129,21 +224,23 @@ def staging_dir(output: str, run_date: datetime.date) -> str:
                             f"run_date={run_date.isoformat()}-{uuid.uuid4().hex[:12]}")
 
 
-def parquet_row(row: dict) -> dict:
-    return {name: row[name] for name in PARQUET_SCHEMA.names}
-
-
 class WriteRecommendationsToParquet(beam.PTransform):
-    """Writes the rows as Parquet into ``staging`` (the launcher publishes it afterwards)."""
+    """Writes the users' rows as Parquet into ``staging`` (the launcher publishes it
+    afterwards), ``batch_users`` users per Arrow record batch."""
 
-    def __init__(self, staging: str, num_shards: int = 0):
+    def __init__(self, staging: str, features: str, num_shards: int = 0,
+                 batch_users: int = 512):
         super().__init__()
         self._staging = staging
+        self._features = features
         self._num_shards = num_shards
+        self._batch_users = batch_users
 
-    def expand(self, rows):
-        return (rows
-                | "ToParquetRow" >> beam.Map(parquet_row)
-                | "WriteParquet" >> beam.io.WriteToParquet(
+    def expand(self, users):
+        return (users
+                | "BatchUsers" >> beam.BatchElements(min_batch_size=self._batch_users,
+                                                     max_batch_size=self._batch_users)
+                | "ToArrow" >> beam.ParDo(ToParquetTablesFn(self._features))
+                | "WriteParquet" >> beam.io.WriteToParquetBatched(
                     FileSystems.join(self._staging, "part"), PARQUET_SCHEMA,
                     file_name_suffix=".parquet", num_shards=self._num_shards))
