@@ -279,6 +279,24 @@ def check_sample(output: pathlib.Path, features: np.ndarray, users, songs, num_u
             "worst_kth_score_gap": worst_gap}
 
 
+def kernel_baseline(features: np.ndarray, users, songs, num_users: int, k: int) -> dict:
+    """The kernel alone over the same histories (the users the job scores), timed."""
+    from recommend import kernel
+
+    start = np.searchsorted(users, np.arange(num_users + 1))
+    histories = [songs[start[u]:start[u + 1]] for u in range(num_users) if start[u + 1] > start[u]]
+    scorer = kernel.CatalogueScorer(features)
+    scorer.recommend(histories[:256], k=k)  # compile the graphs, as the job's model does
+    began = time.monotonic()
+    scorer.recommend(histories, k=k)
+    seconds = time.monotonic() - began
+    return {"users": len(histories), "seconds": round(seconds, 1),
+            "users_per_second": round(len(histories) / seconds, 1),
+            "what": "CatalogueScorer.recommend over all users with listens, batches of 256, "
+                    "after one warm-up batch; histories as catalogue rows (no parsing, "
+                    "grouping or writing)"}
+
+
 # -- main ------------------------------------------------------------------------------------
 
 def main(argv=None) -> int:
@@ -296,6 +314,10 @@ def main(argv=None) -> int:
     parser.add_argument("--label", default=None, help="key in the results file "
                         "(default: full when 1M × 110k, else scaled_<songs>x<users>)")
     parser.add_argument("--keep", action="store_true", help="keep the job's output")
+    parser.add_argument("--kernel_baseline", action="store_true",
+                        help="after the job, time the kernel alone (CatalogueScorer, batches of "
+                        "256) on the same catalogue and histories in this process: the job's "
+                        "wall time / the kernel's is the pipeline overhead (issue 5: <= 1.5)")
     parser.add_argument("--memory_limit_gib", type=float, default=18.0,
                         help="kill the job if its process tree's PSS goes over this (the "
                         "machine is shared; default 18 GiB of 24)")
@@ -391,6 +413,13 @@ def main(argv=None) -> int:
         result["users_per_second"] = round(summary["users_written"] / wall, 1)
     else:
         result["log_tail"] = text[-3000:]
+    if args.kernel_baseline:
+        result["kernel_only"] = kernel_baseline(features, users, songs, args.users, args.k)
+        if process.returncode == 0:
+            result["job_over_kernel"] = round(wall / result["kernel_only"]["seconds"], 2)
+        print(f"  kernel alone: {result['kernel_only']['seconds'] / 60:.1f} min "
+              f"({result['kernel_only']['users_per_second']:.0f} users/s); job / kernel = "
+              f"{result.get('job_over_kernel')}")
     result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
                          "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
                          "python": platform.python_version()}
