@@ -207,6 +207,8 @@ def test_the_run_finishes_and_the_listens_reconcile(run):
 def test_every_line_is_counted(run):
     corpus, summary = run["corpus"], run["summary"]
     assert summary["listen_lines_read"] == corpus.lines_read
+    assert summary["listen_files_matched"] == summary["listen_files_read"] == 3
+    assert summary["listen_files_rejected"] == summary["listen_lines_in_rejected_files"] == 0
     assert summary["listen_lines_not_data"] == corpus.blank_lines + corpus.header_lines
     assert summary["listens_unknown_song"] == corpus.unknown_song_listens
 
