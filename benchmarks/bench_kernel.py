@@ -488,6 +488,47 @@ def print_table(results):
     print(f"process peak RSS (ru_maxrss): {results['ru_maxrss_mb']} MB; load average {results['loadavg_start']} -> {results['loadavg_end']}")
 
 
+def scaling(n, seed, ks=(10, 100, 500, 2000), batch_sizes=(16, 64, 256, 1024), reps=3):
+    """How ours grows with k and with the batch (users scored together) at one catalogue size,
+    next to tf_matmul on the same batches (interleaved), and the share of the float64
+    re-ranking (``ours`` minus the float32 kernel call alone, ``float32_kernel``)."""
+    catalogue = make_catalogue(n, seed)
+    rows = []
+    for bs in batch_sizes:
+        scorer = CatalogueScorer(catalogue, batch_size=bs)
+        flat = tf.reshape(scorer._cat3, [-1, DIM])[:n]
+        matmul = tf.function(lambda p: tf.matmul(p, flat, transpose_b=True)[:, :1], autograph=False)
+        hists = make_histories(bs, n, seed + bs)
+        packed = pack_histories([h.tolist() for h in hists], num_songs=n)
+        p64 = scorer.profiles64(packed)
+        p_tf = tf.constant(p64.astype(np.float32))
+        for k in (ks if bs == BATCH else (K,)):
+            kk = k + max(8, k // 16)
+            scorer.recommend_packed(packed, k)  # trace
+            scorer._run("stream", packed, p64.astype(np.float32), kk)
+            matmul(p_tf).numpy()
+            times = {"ours": [], "float32_kernel": [], "tf_matmul": []}
+            for _ in range(reps):
+                t = time.perf_counter()
+                scorer.recommend_packed(packed, k)
+                times["ours"].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                scorer._run("stream", packed, p64.astype(np.float32), kk)
+                times["float32_kernel"].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                matmul(p_tf).numpy()
+                times["tf_matmul"].append(time.perf_counter() - t)
+            med = {name: statistics.median(v) for name, v in times.items()}
+            row = {"songs": n, "batch": bs, "k": k,
+                   "ours_users_per_s": round(bs / med["ours"], 1),
+                   "tf_matmul_users_per_s": round(bs / med["tf_matmul"], 1),
+                   "ours_vs_matmul": round(med["tf_matmul"] / med["ours"], 3),
+                   "float64_rerank_share": round(1 - med["float32_kernel"] / med["ours"], 3)}
+            print(f"[scaling] {row}", flush=True)
+            rows.append(row)
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="100,000 songs only, 2 batches, 1 round")
@@ -499,6 +540,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-memory", action="store_true", help="skip the per-method memory subprocesses")
     ap.add_argument("--probe-memory", metavar="METHOD", help=argparse.SUPPRESS)
+    ap.add_argument("--scaling", type=int, metavar="SONGS", default=None,
+                    help="also time ours vs tf_matmul for k in 10/100/500/2000 and batches of "
+                    "16/64/256/1024 users at this catalogue size (e.g. 386213)")
     args = ap.parse_args(argv)
     if args.probe_memory:
         run_memory_probe(args.probe_memory, (args.sizes or [100_000])[0], args.seed)
@@ -526,6 +570,9 @@ def main(argv=None):
         results["sizes"].append(res)
         latency = lat or latency
     results["single_user"] = latency
+    if args.scaling:
+        print(f"[bench_kernel] scaling with k and batch at {args.scaling:,} songs ...", flush=True)
+        results["scaling"] = scaling(args.scaling, args.seed + 99)
     results["loadavg_end"] = loadavg()
     results["ru_maxrss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print()

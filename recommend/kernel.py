@@ -845,11 +845,13 @@ class CatalogueScorer:
     def profiles64(self, packed: PackedHistories) -> np.ndarray:
         """float64 [B, d] profiles, each summed in history order: a function of the user's
         history only, whatever batch the user is in."""
-        rows = self._host[packed.values].astype(np.float64)
+        rows = np.take(self._host, packed.values, axis=0).astype(np.float64)
         if packed.weights is not None:
             rows *= packed.weights.astype(np.float64)[:, None]
         prof = np.zeros((packed.num_users, self.dim), np.float64)
-        np.add.at(prof, np.repeat(np.arange(packed.num_users), packed.lengths()), rows)
+        listened = np.flatnonzero(packed.lengths() > 0)
+        if listened.size:  # reduceat sums each user's rows in order (empty users excluded)
+            prof[listened] = np.add.reduceat(rows, packed.row_splits[listened], axis=0)
         return prof
 
     def exact_scores(self, rows: np.ndarray, profiles64: np.ndarray) -> np.ndarray:
@@ -859,7 +861,8 @@ class CatalogueScorer:
         results independent of the batch)."""
         # float64 operands: einsum then needs no buffered casting, so each score is one inner
         # loop over its row's d products (a buffer boundary could split a row otherwise).
-        return np.einsum("...nd,...d->...n", self._host[rows].astype(np.float64), profiles64)
+        vectors = np.take(self._host, rows, axis=0).astype(np.float64)
+        return np.einsum("...nd,...d->...n", vectors, profiles64)
 
     def _error_bounds(self, prof64: np.ndarray, prof32: np.ndarray) -> np.ndarray:
         """Per user, a bound on |float32 kernel score - float64 score| over all songs: float32
@@ -906,7 +909,14 @@ class CatalogueScorer:
         if users.size:
             candidates = idx[users]
             rescored = self.exact_scores(candidates, prof64[users])
-            order = np.lexsort((candidates, -rescored), axis=1)[:, :k]
+            # The candidates come nearly in order: a stable sort is cheap; rows with exact
+            # float64 ties are sorted again with the lower index first.
+            order = np.argsort(-rescored, axis=1, kind="stable")
+            tied = np.flatnonzero((np.diff(np.take_along_axis(rescored, order, axis=1), axis=1)
+                                   == 0).any(axis=1))
+            if tied.size:
+                order[tied] = np.lexsort((candidates[tied], -rescored[tied]), axis=1)
+            order = order[:, :k]
             out_idx[users] = np.take_along_axis(candidates, order, axis=1)
             out_sc[users] = np.take_along_axis(rescored, order, axis=1)
         for user in np.flatnonzero(~safe):
