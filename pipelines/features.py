@@ -81,31 +81,42 @@ class FeaturesOptions(PipelineOptions):
         return problems
 
 
-def build_pipeline(pipeline: beam.Pipeline, options: FeaturesOptions, patterns: Sequence[str],
-                   temp_dir: str, output_dir: str) -> None:
-    """Adds the whole feature job to ``pipeline``, writing its outputs under ``output_dir``."""
+def read_unique_songs(pipeline: beam.Pipeline, options: FeaturesOptions, patterns: Sequence[str],
+                      output_dir: str) -> beam.PCollection:
+    """Matched files → parsed songs, one per track id; every file or song not used goes to the
+    dead-letter output under ``output_dir``."""
     parsed = pipeline | "ReadMsd" >> read_msd.ReadMsdSongs(
         patterns, options.min_segments, options.max_segments, options.max_file_bytes)
     unique = parsed[read_msd.SONGS] | "DropDuplicates" >> read_msd.DropDuplicateTracks()
     _ = ((parsed[read_msd.REJECTED], unique[read_msd.REJECTED])
          | "AllRejections" >> beam.Flatten()
          | "DeadLetter" >> write_features.WriteRejections(output_dir))
+    return unique[read_msd.SONGS]
 
+
+def normalise(songs: beam.PCollection, normalization: str, temp_dir: str, output_dir: str):
+    """Songs → (transformed RecordBatches, their schema); the TFT graph goes to ``output_dir``."""
     record_batches = (
-        unique[read_msd.SONGS]
+        songs
         | "Batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=2048)
         | "ToRecordBatch" >> beam.Map(preprocessing.songs_to_record_batch))
     with tft_beam.Context(temp_dir=temp_dir):
         (transformed, transformed_metadata), transform_fn = (
             (record_batches, preprocessing.tensor_adapter_config())
             | "Normalise" >> tft_beam.AnalyzeAndTransformDataset(
-                preprocessing.PREPROCESSING_FNS[options.normalization],
-                output_record_batches=True))
+                preprocessing.PREPROCESSING_FNS[normalization], output_record_batches=True))
         _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(output_dir)
     batches = transformed | "DropPassthrough" >> beam.Map(lambda batch_and_extra: batch_and_extra[0])
+    return batches, transformed_metadata.dataset_metadata.schema
+
+
+def build_pipeline(pipeline: beam.Pipeline, options: FeaturesOptions, patterns: Sequence[str],
+                   temp_dir: str, output_dir: str) -> None:
+    """Adds the whole feature job to ``pipeline``, writing its outputs under ``output_dir``."""
+    songs = read_unique_songs(pipeline, options, patterns, output_dir)
+    batches, schema = normalise(songs, options.normalization, temp_dir, output_dir)
     _ = batches | "Write" >> write_features.WriteFeatures(
-        output_dir, transformed_metadata.dataset_metadata.schema,
-        options.view_as(config_lib.OutputOptions).num_shards)
+        output_dir, schema, options.view_as(config_lib.OutputOptions).num_shards)
 
 
 def run_summary(counters: dict[str, int], options: FeaturesOptions, patterns: Sequence[str],
