@@ -1,4 +1,5 @@
 """The feature pipeline: reading transforms, the whole job on the DirectRunner, Dataflow offline."""
+import concurrent.futures
 import csv
 import glob
 import json
@@ -208,3 +209,29 @@ def test_a_track_in_two_files_is_written_once_and_the_other_reported(real_msd_di
     assert duplicate["path"] == loser and winner in duplicate["detail"]
     assert (summary["songs_seen"], summary["songs_written"], summary["songs_rejected"]) == (3, 2, 1)
     assert summary["rejected_by_reason"] == {"duplicate_track_id": 1}
+
+
+def test_files_are_read_ahead_in_order_within_the_file_and_byte_limits(monkeypatch):
+    monkeypatch.setattr(read_msd, "READ_AHEAD_FILES", 2)
+    monkeypatch.setattr(read_msd, "READ_AHEAD_BYTES", 650)
+    fn = read_msd.ParseMsdFilesFn(10, 100, max_file_bytes=1000)
+    consumed, submitted_after = [], {}
+
+    class RecordingExecutor:  # runs reads at once, noting how many files were handed out then
+        def submit(self, read, path, size):
+            submitted_after[path] = len(consumed)
+            future = concurrent.futures.Future()
+            future.set_result(read(path, size))
+            return future
+
+    fn._readers = RecordingExecutor()
+    monkeypatch.setattr(fn, "_read", lambda path, size: "unread" if size > 1000 else b"x" * size)
+    files = [("a", 100), ("b", 100), ("c", 100), ("d", 5000), ("e", 600), ("f", 100)]
+    for path, data in fn._read_ahead(files):
+        consumed.append(path)
+        assert data == ("unread" if path == "d" else b"x" * dict(files)[path])
+    assert consumed == [path for path, _ in files]
+    # At most READ_AHEAD_FILES (2) beyond the file being parsed ("d" waits for "a"); "d" is
+    # over --max_file_bytes, rejected unread, so it holds no bytes; "e" (600) and then "f" wait
+    # until what is read ahead fits in READ_AHEAD_BYTES (650) with them.
+    assert submitted_after == {"a": 0, "b": 0, "c": 0, "d": 1, "e": 3, "f": 5}

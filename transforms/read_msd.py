@@ -1,8 +1,10 @@
 """Beam transforms that find MSD HDF5 files and turn them into songs and rejections."""
+import collections
+import concurrent.futures
 import logging
 import os
 import time
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, Union
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -15,6 +17,9 @@ METRICS_NAMESPACE = "msd_features"
 SONGS = "songs"
 REJECTED = "rejected"
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024  # real per-track files are under 1 MB
+# Files read ahead (in threads) while the current one is parsed, and the bytes they may hold.
+READ_AHEAD_FILES = 4
+READ_AHEAD_BYTES = 64 * 1024 * 1024
 _WILDCARDS = "*?["
 
 
@@ -48,10 +53,13 @@ class _ProgressLog:
                          self.files, self.songs, self.songs / elapsed)
 
 
-class ParseMsdFileFn(beam.DoFn):
-    """Reads a matched file's bytes in one request and parses every song in it.
+class ParseMsdFilesFn(beam.DoFn):
+    """Reads each matched file's bytes in one request and parses every song in it.
 
-    Input: (path, size in bytes). Main output: ``hdf5_reader.Song``; tagged output ``REJECTED``: ``hdf5_reader.Rejection``.
+    Input: a batch of (path, size in bytes). While one file is parsed, up to
+    ``READ_AHEAD_FILES`` of the next (at most ``READ_AHEAD_BYTES`` beyond the file being parsed)
+    are read in threads, so waiting for storage overlaps parsing. Main output:
+    ``hdf5_reader.Song``; tagged output ``REJECTED``: ``hdf5_reader.Rejection``.
     """
 
     def __init__(self, min_segments: int, max_segments: int, max_file_bytes: int):
@@ -66,15 +74,22 @@ class ParseMsdFileFn(beam.DoFn):
         self._songs_seen = counter("songs_seen")
         self._songs_rejected = counter("songs_rejected")
         self._progress = None
+        self._readers = None
 
     def setup(self):
         self._progress = _ProgressLog()
+        self._readers = concurrent.futures.ThreadPoolExecutor(
+            READ_AHEAD_FILES, thread_name_prefix="msd-read")
+
+    def teardown(self):
+        if self._readers is not None:
+            self._readers.shutdown(wait=False, cancel_futures=True)
 
     def _reject(self, rejection: hdf5_reader.Rejection):
         beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"rejected_{rejection.reason}").inc()
         return beam.pvalue.TaggedOutput(REJECTED, rejection)
 
-    def _read(self, path: str, size_in_bytes: int) -> bytes | hdf5_reader.Rejection:
+    def _read(self, path: str, size_in_bytes: int) -> Union[bytes, hdf5_reader.Rejection]:
         if size_in_bytes > self._max_file_bytes:
             return hdf5_reader.Rejection(
                 path, hdf5_reader.track_id_from_path(path), "file_too_large",
@@ -88,10 +103,31 @@ class ParseMsdFileFn(beam.DoFn):
                 path, hdf5_reader.track_id_from_path(path), "unreadable_file",
                 f"could not read the file ({type(error).__name__}: {error})", level="file")
 
-    def process(self, matched_file: tuple[str, int]) -> Iterator:
-        path, size_in_bytes = matched_file
+    def _read_ahead(self, matched_files: Iterable[tuple[str, int]]
+                    ) -> Iterator[tuple[str, Union[bytes, hdf5_reader.Rejection]]]:
+        """(path, bytes or rejection) of every file, in order, reading ahead in threads."""
+        pending = collections.deque()
+        pending_bytes = 0
+        for path, size_in_bytes in matched_files:
+            # Files over the limit are rejected unread, so they hold no memory here.
+            size = size_in_bytes if size_in_bytes <= self._max_file_bytes else 0
+            while pending and (len(pending) >= READ_AHEAD_FILES + 1
+                               or pending_bytes + size > READ_AHEAD_BYTES):
+                done_path, done_size, future = pending.popleft()
+                pending_bytes -= done_size
+                yield done_path, future.result()
+            pending.append((path, size, self._readers.submit(self._read, path, size_in_bytes)))
+            pending_bytes += size
+        while pending:
+            done_path, _, future = pending.popleft()
+            yield done_path, future.result()
+
+    def process(self, matched_files: Sequence[tuple[str, int]]) -> Iterator:
+        for path, data in self._read_ahead(matched_files):
+            yield from self._parse(path, data)
+
+    def _parse(self, path: str, data: Union[bytes, hdf5_reader.Rejection]) -> Iterator:
         self._files_matched.inc()
-        data = self._read(path, size_in_bytes)
         if isinstance(data, hdf5_reader.Rejection):
             self._files_rejected.inc()
             yield self._reject(data)
@@ -124,7 +160,7 @@ class ReadMsdSongs(beam.PTransform):
                  max_file_bytes: int = DEFAULT_MAX_FILE_BYTES):
         super().__init__()
         self._patterns = list(patterns)
-        self._parse_fn = ParseMsdFileFn(min_segments, max_segments, max_file_bytes)
+        self._parse_fn = ParseMsdFilesFn(min_segments, max_segments, max_file_bytes)
 
     def expand(self, pbegin):
         return (
@@ -135,6 +171,8 @@ class ReadMsdSongs(beam.PTransform):
             # Overlapping patterns must not read a file twice; the grouping also spreads the
             # files over the workers.
             | "DistinctFiles" >> beam.Distinct()
+            # Batches within a bundle (no shuffle), so that the parser can read ahead.
+            | "BatchFiles" >> beam.BatchElements(min_batch_size=8, max_batch_size=64)
             | "Parse" >> beam.ParDo(self._parse_fn).with_outputs(REJECTED, main=SONGS))
 
 
