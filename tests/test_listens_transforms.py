@@ -33,7 +33,8 @@ def test_song_to_tracks_and_mismatches_decide_the_track():
 
 
 def test_user_history_sums_duplicate_listens_and_counts_unknown_ones():
-    history = listens_lib.user_history(U1, [(TRACK_B, 2), (TRACK_A1, 1), (TRACK_B, 3), (None, 4)])
+    # runs of one user's consecutive listens, as ResolveListenFn sends them (one per file range)
+    history = listens_lib.user_history(U1, [[(TRACK_B, 2), (TRACK_A1, 1)], [(TRACK_B, 3), (None, 4)]])
     assert history == listens_lib.UserHistory(U1, (TRACK_A1, TRACK_B), (1, 5), 1)
     assert history.size == 2
 
@@ -174,15 +175,17 @@ def test_a_file_name_with_glob_characters_is_read_once(tmp_path):
                        listening.Listen(U2, SONG_B, 2, str(path))]
 
 
-def test_a_plain_file_read_in_many_byte_ranges_gives_each_line_once(tmp_path):
-    """Plain files are read in parallel byte ranges (64 MB each; 500 bytes here): each line is
-    read once, by the range its first byte falls in, exactly as the whole file reads."""
+@pytest.mark.parametrize("range_bytes", [1, 2, 7, 500, 1 << 20])
+def test_a_plain_file_read_in_many_byte_ranges_gives_each_line_once(tmp_path, range_bytes):
+    """Plain files are read in parallel byte ranges (64 MB each; 1 byte to 1 MB here, so range
+    ends fall on line starts, line ends, CR-LF pairs and inside lines): each line is read once,
+    by the range its first byte falls in, exactly as the whole file reads."""
     path = tmp_path / "listens.txt"
     data = tricky_listens_bytes(400)
     path.write_bytes(data)
     metadata = FileSystems.match([str(path)])[0].metadata_list[0]
-    ranges = list(listens_lib.ListensFileRangesFn(range_bytes=500).process(metadata))
-    assert len(ranges) == -(-len(data) // 500) and all(p == str(path) for p, _ in ranges)
+    ranges = list(listens_lib.ListensFileRangesFn(range_bytes=range_bytes).process(metadata))
+    assert len(ranges) == -(-len(data) // range_bytes) and all(p == str(path) for p, _ in ranges)
     lines = [line for part in ranges for _, line in listens_lib.ReadListensFileFn().process(part)]
     import io
     assert lines == list(listening.split_lines(io.BytesIO(data))) and len(lines) == 400

@@ -10,12 +10,13 @@ import io
 from typing import Iterable, Iterator, Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.coders import coders
-from apache_beam.io import fileio, range_trackers, textio
+from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.fileio import EmptyMatchTreatment
 from apache_beam.io.restriction_trackers import OffsetRange
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 from msd import listening
 
@@ -109,8 +110,9 @@ class ReadListensFileFn(beam.DoFn):
     changed in between), the bundle fails loudly rather than emit a different file.
 
     ``.deflate`` and ``.zst`` files are refused (``unsupported_compression``): no reader at
-    hand notices a cut in them. Plain ranges are read by Beam's own text source (its
-    ``read_records`` on the path itself, so a name with glob characters is not matched again).
+    hand notices a cut in them. Plain ranges are read with ``listening.range_lines`` (Beam's
+    rule: a range owns the lines that start in it), on the path itself, so a name with glob
+    characters is not matched again.
     """
 
     def __init__(self, buffer_bytes: int = 64 << 20):
@@ -119,10 +121,9 @@ class ReadListensFileFn(beam.DoFn):
     def process(self, path_and_range) -> Iterator:
         path, byte_range = path_and_range
         if byte_range is not None:
-            source = textio._TextSource(path, 0, CompressionTypes.UNCOMPRESSED, True,
-                                        coders.BytesCoder(), validate=False)
-            tracker = range_trackers.OffsetRangeTracker(*byte_range)
-            yield from ((path, line) for line in source.read_records(path, tracker))
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+                stream = raw if hasattr(raw, "peek") else io.BufferedReader(raw, 1 << 20)
+                yield from ((path, line) for line in listening.range_lines(stream, *byte_range))
             return
         compression = listening.compression_of(path)
         if compression in listening.UNVERIFIED_COMPRESSIONS:
@@ -217,39 +218,64 @@ def catalogue_song_tracks(catalogue_pairs: Iterable[tuple[str, str]],
 
 
 class ResolveListenFn(beam.DoFn):
-    """Listen → (user_id, (track_id, play_count)) for known songs; else a dead-letter entry.
+    """Listen → (user_id, [(track_id, play_count), …]) for known songs (track None for a song
+    not in the catalogue, which also goes to the dead-letter output with its reason).
 
+    Consecutive listens of one user are sent as one element: Taste Profile files are sorted by
+    user, so the GroupByKey after this sees about one element per user and file range instead
+    of one per listen (it was most of the grouping's cost on the DirectRunner).
     Side inputs: the song → track map and the set of songs lost to mismatches.
     """
 
+    def setup(self):
+        self._used = counter("listens_used")
+        self._mismatched = counter("listens_mismatched")
+        self._unknown = counter("listens_unknown_song")
+
+    def start_bundle(self):
+        self._user: Optional[str] = None
+        self._run: list[tuple[Optional[str], int]] = []
+
     def process(self, listen: listening.Listen, track_of_song: dict[str, str],
                 mismatched: set[str]) -> Iterator:
+        if listen.user_id != self._user:
+            if self._run:
+                yield self._user, self._run
+            self._user, self._run = listen.user_id, []
         track_id = track_of_song.get(listen.song_id)
         if track_id is not None:
-            counter("listens_used").inc()
-            yield listen.user_id, (track_id, listen.play_count)
+            self._used.inc()
+            self._run.append((track_id, listen.play_count))
             return
         if listen.song_id in mismatched:
-            counter("listens_mismatched").inc()
+            self._mismatched.inc()
             reason, detail = "mismatched_song", (
                 f"song {listen.song_id} maps only to tracks listed in sid_mismatches.txt")
         else:
-            counter("listens_unknown_song").inc()
+            self._unknown.inc()
             reason, detail = "unknown_song", f"song {listen.song_id} is not in the catalogue"
         # The user still needs a history entry (maybe empty: the fallback decides).
-        yield listen.user_id, (None, listen.play_count)
+        self._run.append((None, listen.play_count))
         yield beam.pvalue.TaggedOutput(REJECTED, listen_rejection(listen, reason, detail))
 
+    def finish_bundle(self):
+        if self._run:
+            yield WindowedValue((self._user, self._run), GlobalWindow().max_timestamp(),
+                                [GlobalWindow()])
+        self._user, self._run = None, []
 
-def user_history(user_id: str, listens: Iterable[tuple[Optional[str], int]]) -> UserHistory:
-    """Sums duplicate listens of a track; counts the listens of unknown songs."""
+
+def user_history(user_id: str, runs: Iterable[Sequence[tuple[Optional[str], int]]]) -> UserHistory:
+    """Sums duplicate listens of a track over the user's runs of listens; counts the listens
+    of unknown songs."""
     counts: dict[str, int] = {}
     unknown = 0
-    for track_id, play_count in listens:
-        if track_id is None:
-            unknown += 1
-        else:
-            counts[track_id] = counts.get(track_id, 0) + play_count
+    for run in runs:
+        for track_id, play_count in run:
+            if track_id is None:
+                unknown += 1
+            else:
+                counts[track_id] = counts.get(track_id, 0) + play_count
     tracks = tuple(sorted(counts))
     return UserHistory(user_id, tracks, tuple(counts[t] for t in tracks), unknown)
 
