@@ -73,3 +73,26 @@ def test_record_batch_round_trips_every_column():
     assert batch.column("track_id").to_pylist() == [[b"TRA"], [b"TRB"]]
     assert batch.column("raw_features").to_pylist()[1][:2] == [7.0, 0.0]
     assert len(batch.column("raw_features").to_pylist()[0]) == 90
+
+
+def test_l2_features_do_not_depend_on_how_songs_are_batched(tmp_path):
+    # float32 l2_normalize differs in the last bit with the batch size; batch sizes depend on
+    # timing, so the features are computed in float64 and rounded once.
+    rng = np.random.default_rng(5)
+    raw = rng.normal(size=(150, 90)) * rng.lognormal(3, 2, size=90)
+    songs = [song(f"TR{i:03d}", list(row)) for i, row in enumerate(raw)]
+    raw32 = raw.astype(np.float32).astype(np.float64)
+    expected = (raw32 / np.linalg.norm(raw32, axis=1, keepdims=True)).astype(np.float32)
+    for size in (150, 7, 1):
+        def check(rows):
+            got = {row["track_id"].decode(): row["features"] for row in rows}
+            for i in range(len(songs)):
+                np.testing.assert_array_equal(got[f"TR{i:03d}"], expected[i])
+
+        with TestPipeline() as pipeline, tft_beam.Context(temp_dir=str(tmp_path / str(size))):
+            batches = pipeline | beam.Create([preprocessing.songs_to_record_batch(songs[i:i + size])
+                                              for i in range(0, len(songs), size)])
+            (rows, _), _ = ((batches, preprocessing.tensor_adapter_config())
+                            | tft_beam.AnalyzeAndTransformDataset(
+                                preprocessing.PREPROCESSING_FNS["l2"]))
+            assert_that(rows, check)
