@@ -92,7 +92,9 @@ class RecommenderModelHandler(ModelHandler[UserHistory, Any, CatalogueRecommende
         return True
 
     def batch_elements_kwargs(self) -> dict:
-        return {"min_batch_size": 1, "max_batch_size": self._batch_size}
+        # Fixed-size batches: BatchElements' adaptive sizing settled on ~1-2 users per batch
+        # (8,588 batches for 11,000 users measured), paying a catalogue pass per user.
+        return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}
 
     def get_num_bytes(self, batch: Sequence[UserHistory]) -> int:
         return sum(48 * h.size + 64 for h in batch)
