@@ -441,6 +441,9 @@ class CatalogueScorer:
         device: Optional[str] = None,
     ):
         arr = _validate_catalogue(catalogue)
+        # TensorFloat-32 (on by default for matmuls on Ampere and later GPUs) rounds the inputs
+        # to 10 mantissa bits: far beyond the float32 error bound the float64 re-ranking rests on.
+        tf.config.experimental.enable_tensor_float_32_execution(False)
         self._host = arr  # float64 re-ranking reads candidate rows from here
         self._max_row_norm = float(np.sqrt(np.max(np.einsum("ij,ij->i", arr, arr, dtype=np.float64))))
         if batch_size < 1:

@@ -276,3 +276,13 @@ def test_exact_scores_do_not_depend_on_the_rows_scored_with_them():
             np.testing.assert_array_equal(
                 scorer.exact_scores(rows[user][position:position + 1], profiles[user]),
                 together[user][position:position + 1])
+
+
+def test_the_scorer_turns_tensorfloat32_off():
+    """On Ampere+ GPUs TensorFlow would run float32 matmuls in TF32 (10-bit mantissa), which
+    breaks the error bound behind the float64 re-ranking; the scorer must switch it off."""
+    import tensorflow as tf
+
+    tf.config.experimental.enable_tensor_float_32_execution(True)
+    kernel.CatalogueScorer(np.eye(4, dtype=np.float32))
+    assert not tf.config.experimental.tensor_float_32_execution_enabled()
