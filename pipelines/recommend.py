@@ -114,7 +114,7 @@ def song_index(features: str, song_to_tracks_path: Optional[str],
                mismatches_path: Optional[str]) -> tuple[dict, set, dict, list]:
     """Built on one worker: (song → track, songs lost to mismatches, track → catalogue row,
     rejections)."""
-    catalogue = catalogue_lib.load_catalogue(features)
+    catalogue = catalogue_lib.load_catalogue(features, with_features=False)
     pairs = list(zip(catalogue.track_ids.tolist(), catalogue.song_ids.tolist()))
     song_to_tracks, rejected_a = _read_side_file(song_to_tracks_path, listening.read_song_to_tracks)
     mismatches, rejected_b = _read_side_file(mismatches_path, listening.read_sid_mismatches)
@@ -212,11 +212,9 @@ def build_pipeline(pipeline: beam.Pipeline, options: RecommendOptions, run_date:
     scored = known | "Score" >> scoring.ScoreUsers(handler, options.accelerator)
 
     popular = (all_histories
-               | "TracksOfUser" >> beam.FlatMap(lambda h: [(t, 1) for t in h.track_ids])
-               | "Listeners" >> beam.CombinePerKey(sum)
-               | "AllCounts" >> beam.combiners.ToList()
+               | "Listeners" >> beam.CombineGlobally(scoring.ListenerCountsFn())
                | "MostPopular" >> beam.Map(
-                   lambda counts, rows: scoring.most_popular(counts, rows, options.k),
+                   lambda counts, rows: scoring.most_popular(counts.items(), rows, options.k),
                    beam.pvalue.AsSingleton(row_of_track)))
     fallback = without | "Fallback" >> beam.ParDo(
         scoring.PopularityFallbackFn(context, options.fallback == "popularity"),

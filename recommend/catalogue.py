@@ -58,62 +58,72 @@ def feature_files(features: str) -> tuple[list[str], str]:
     return paths, formats.pop()
 
 
-def _read_tfrecords(paths: Sequence[str]) -> tuple[list[str], list[str], np.ndarray]:
+def _read_tfrecords(paths: Sequence[str], with_features: bool = True
+                    ) -> tuple[list[str], list[str], np.ndarray]:
     import tensorflow as tf  # only this format needs TensorFlow
 
     spec = {"track_id": tf.io.FixedLenFeature([], tf.string),
-            "song_id": tf.io.FixedLenFeature([], tf.string),
-            "features": tf.io.RaggedFeature(tf.float32)}
+            "song_id": tf.io.FixedLenFeature([], tf.string)}
+    if with_features:
+        spec["features"] = tf.io.RaggedFeature(tf.float32)
     track_ids, song_ids, rows = [], [], []
     dataset = tf.data.TFRecordDataset(list(paths), compression_type="GZIP").batch(8192)
     try:
         for serialized in dataset:
             parsed = tf.io.parse_example(serialized, spec)
+            track_ids.extend(t.decode() for t in parsed["track_id"].numpy())
+            song_ids.extend(s.decode() for s in parsed["song_id"].numpy())
+            if not with_features:
+                continue
             widths = set(parsed["features"].row_lengths().numpy().tolist())
             if len(widths) != 1:
                 raise CatalogueError(f"feature vectors of different lengths {sorted(widths)} in "
                                      f"the files starting with {paths[0]}")
-            dense = parsed["features"].to_tensor().numpy()
-            track_ids.extend(t.decode() for t in parsed["track_id"].numpy())
-            song_ids.extend(s.decode() for s in parsed["song_id"].numpy())
-            rows.append(dense)
+            rows.append(parsed["features"].to_tensor().numpy())
     except tf.errors.OpError as error:
         raise CatalogueError(f"cannot read the TFRecord feature files: {error.message}") from error
     return track_ids, song_ids, np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
 
 
-def _read_csvs(paths: Sequence[str]) -> tuple[list[str], list[str], np.ndarray]:
+def _read_csvs(paths: Sequence[str], with_features: bool = True
+               ) -> tuple[list[str], list[str], np.ndarray]:
     track_ids, song_ids, rows = [], [], []
     for path in paths:
         with FileSystems.open(path) as handle:
             data = handle.read()
-        try:
-            table = pa_csv.read_csv(io.BytesIO(data), convert_options=pa_csv.ConvertOptions(
-                column_types={"track_id": pa.string(), "song_id": pa.string()}))
-        except pa.ArrowInvalid as error:
-            raise CatalogueError(f"{path}: not a feature CSV ({error})") from error
-        names = table.column_names
+        names = data.split(b"\n", 1)[0].decode("utf-8", "replace").strip().lstrip("\ufeff").split(",")
         if names[:2] != ["track_id", "song_id"] or len(names) < 3:
             raise CatalogueError(f"{path}: header must be track_id,song_id,f00,…; got {names[:3]}")
+        try:
+            table = pa_csv.read_csv(io.BytesIO(data), convert_options=pa_csv.ConvertOptions(
+                column_types={"track_id": pa.string(), "song_id": pa.string()},
+                include_columns=None if with_features else ["track_id", "song_id"]))
+        except pa.ArrowInvalid as error:
+            raise CatalogueError(f"{path}: not a feature CSV ({error})") from error
         track_ids.extend(table.column("track_id").to_pylist())
         song_ids.extend(table.column("song_id").to_pylist())
-        rows.append(np.stack([table.column(name).to_numpy().astype(np.float32)
-                              for name in names[2:]], axis=1))
-    return track_ids, song_ids, np.concatenate(rows)
+        if with_features:
+            rows.append(np.stack([table.column(name).to_numpy().astype(np.float32)
+                                  for name in table.column_names[2:]], axis=1))
+    return track_ids, song_ids, np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
 
 
-def load_catalogue(features: str) -> Catalogue:
+def load_catalogue(features: str, with_features: bool = True) -> Catalogue:
     """Reads every shard, checks the rows and returns them sorted by track id.
 
     A track id appearing twice keeps its first row in sorted-shard order; that is reported.
+    ``with_features=False`` reads only the ids (same rows, ``features`` empty [N, 0]): what
+    the join and the writers need, without parsing 90 numbers per song.
     """
     paths, file_format = feature_files(features)
     reader = _read_tfrecords if file_format == "tfrecord" else _read_csvs
-    track_ids, song_ids, matrix = reader(paths)
+    track_ids, song_ids, matrix = reader(paths, with_features)
     if not track_ids:
         raise CatalogueError(f"the feature files under {features} hold no songs")
-    if not np.isfinite(matrix).all():
+    if with_features and not np.isfinite(matrix).all():
         raise CatalogueError(f"the feature files under {features} hold NaN/Inf values")
+    if not with_features:
+        matrix = np.zeros((len(track_ids), 0), np.float32)
     track_array = np.array(track_ids, dtype=object)
     order = np.argsort(track_array, kind="stable")
     unique_tracks, first = np.unique(track_array[order], return_index=True)

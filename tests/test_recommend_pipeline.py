@@ -187,3 +187,15 @@ def test_dataflow_graph_with_bigquery_and_a_gpu_hint_on_scoring_only():
     assert "WriteRows/WriteToBigQuery/BigQueryBatchFileLoads/TriggerLoadJobsWithoutTempTables" in names
     options = job.options.get_all_options()
     assert options["accelerator"] == "type:nvidia-l4;count:1;install-nvidia-driver"
+
+
+def test_the_ids_only_catalogue_has_the_rows_of_the_full_one(synthetic_features):
+    """The join and the writers read ids only; the model reads everything. Row numbers travel
+    between them, so both must give the same rows, from TFRecord and from CSV shards."""
+    features_dir = str(synthetic_features[0])
+    for features in (features_dir, f"{features_dir}/csv/part-*.csv"):
+        full = catalogue_lib.load_catalogue(features)
+        ids = catalogue_lib.load_catalogue(features, with_features=False)
+        assert full.features.shape[0] == len(full) > 0 and ids.features.shape == (len(full), 0)
+        assert ids.track_ids.tolist() == full.track_ids.tolist()
+        assert ids.song_ids.tolist() == full.song_ids.tolist()

@@ -1,6 +1,7 @@
 """Scoring users with RunInference: a ModelHandler whose model is the catalogue + TF kernel,
 plus the popularity fallback for users with no known song.
 """
+import collections
 import dataclasses
 import datetime
 from typing import Any, Iterable, Iterator, Optional, Sequence
@@ -132,6 +133,27 @@ class ScoreUsers(beam.PTransform):
         return (histories
                 | "RunInference" >> inference
                 | "Split" >> beam.ParDo(SplitPredictionsFn()).with_outputs(REJECTED, main=SCORED))
+
+
+class ListenerCountsFn(beam.CombineFn):
+    """UserHistory → {track_id: listeners}: one Counter update per user (not one element per
+    listen, which cost ~5 million Beam element steps at the Kaggle size)."""
+
+    def create_accumulator(self) -> collections.Counter:
+        return collections.Counter()
+
+    def add_input(self, counts: collections.Counter, history: UserHistory) -> collections.Counter:
+        counts.update(history.track_ids)
+        return counts
+
+    def merge_accumulators(self, accumulators: Iterable[collections.Counter]) -> collections.Counter:
+        merged = collections.Counter()
+        for counts in accumulators:
+            merged.update(counts)
+        return merged
+
+    def extract_output(self, counts: collections.Counter) -> dict[str, int]:
+        return dict(counts)
 
 
 def most_popular(listener_counts: Iterable[tuple[str, int]], row_of_track: dict[str, int],

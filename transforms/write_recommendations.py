@@ -106,7 +106,7 @@ class CatalogueIds:
     @classmethod
     def load(cls, features: str) -> "CatalogueIds":
         def read() -> CatalogueIds:
-            catalogue = catalogue_lib.load_catalogue(features)
+            catalogue = catalogue_lib.load_catalogue(features, with_features=False)
             return cls(catalogue.track_ids, catalogue.song_ids)
         return cls._shared.acquire(read, tag=features)
 
