@@ -100,8 +100,10 @@ class CatalogueIds:
     _shared = shared.Shared()
 
     def __init__(self, track_ids: np.ndarray, song_ids: np.ndarray):
-        self.track_ids = track_ids
+        self.track_ids = track_ids  # str objects, for row-at-a-time output
         self.song_ids = song_ids
+        self.track_id_array = pa.array(track_ids, pa.string())  # for Arrow batches (take)
+        self.song_id_array = pa.array(song_ids, pa.string())
 
     @classmethod
     def load(cls, features: str) -> "CatalogueIds":
@@ -134,8 +136,8 @@ def recommendations_batch(users: Sequence[ScoredUser], ids: CatalogueIds) -> pa.
     rows = np.concatenate([user.rows for user in users]) if users else np.zeros(0, np.int32)
     ranks = np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1], lengths) + 1
     songs = pa.StructArray.from_arrays(
-        [pa.array(ranks, pa.int64()), pa.array(ids.song_ids[rows], pa.string()),
-         pa.array(ids.track_ids[rows], pa.string()),
+        [pa.array(ranks, pa.int64()), ids.song_id_array.take(pa.array(rows, pa.int32())),
+         ids.track_id_array.take(pa.array(rows, pa.int32())),
          pa.array(np.concatenate([user.scores for user in users]) if users else [], pa.float64())],
         fields=list(RECOMMENDATION_TYPE))
     return pa.RecordBatch.from_arrays([
