@@ -72,11 +72,13 @@ def _text(value) -> str:
     return str(value)
 
 
-def _read_all(dataset: h5py.Dataset, dtype: np.dtype) -> np.ndarray:
-    # h5py's dataset[()] rebuilds the dtype (~70 µs) on every access; the low-level read does not.
+def _read_all(dataset: h5py.h5d.DatasetID, dtype: np.dtype,
+              memory_type: Optional[h5py.h5t.TypeID] = None) -> np.ndarray:
+    """The whole dataset as ``dtype`` (for a compound table, only the fields of ``dtype``:
+    HDF5 converts member by member, by name, so each field reads as in a full read)."""
     values = np.empty(dataset.shape, dtype=dtype)
     if values.size:
-        dataset.id.read(h5py.h5s.ALL, h5py.h5s.ALL, values)
+        dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, values, memory_type)
     return values
 
 
@@ -108,21 +110,92 @@ def _outside_data(h5: h5py.File) -> Optional[str]:
     return None
 
 
-def _compound_table(h5: h5py.File, name: str, fields: tuple[str, ...]
-                    ) -> Union[tuple[h5py.Dataset, np.dtype], str]:
-    """A compound ``songs`` table checked from its declaration (nothing read yet), or what is
-    wrong with it."""
-    dataset = h5.get(name)
-    if not isinstance(dataset, h5py.Dataset):
+def _open_datasets_inside(h5: h5py.File) -> Optional[dict[str, h5py.h5d.DatasetID]]:
+    """The datasets we read, opened with HDF5's low-level calls, when every link on their
+    paths is a hard link and each is a dataset with neither virtual nor external storage;
+    None otherwise (then ``_outside_data`` and the table checks say what is wrong).
+
+    The same checks as ``_outside_data`` without building h5py's high-level objects: a
+    ``Dataset`` costs its creation property list and filters, and its ``dtype`` rebuilds the
+    compound type (~0.2 ms for ``metadata/songs``) every time.
+    """
+    root = h5.id
+    opened = {}
+    try:
+        for name, prefixes in _LINK_PREFIXES:
+            for prefix in prefixes:
+                # the link itself, not what it points to: nothing outside is opened
+                if root.links.get_info(prefix).type != h5py.h5l.TYPE_HARD:
+                    return None
+            dataset = h5py.h5o.open(root, prefixes[-1])
+            if not isinstance(dataset, h5py.h5d.DatasetID):
+                return None
+            create = dataset.get_create_plist()
+            if create.get_layout() == h5py.h5d.VIRTUAL or create.get_external_count():
+                return None
+            opened[name] = dataset
+    except Exception:  # a missing link, an odd object: the slow path words it
+        return None
+    return opened
+
+
+_LINK_PREFIXES = tuple(
+    (name, tuple("/".join(name.split("/")[:depth]).encode()
+                 for depth in range(1, name.count("/") + 2)))
+    for name in _USED_DATASETS)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TableType:
+    dtype: np.dtype  # the whole declared type
+    missing: tuple[str, ...]  # requested fields it lacks
+    fields_dtype: Optional[np.dtype]  # only the requested fields (None if some are missing)
+    memory_type: Optional[h5py.h5t.TypeID]  # their HDF5 memory type
+
+
+# Declared types seen, by their binary HDF5 description (H5Tencode: equal descriptions are
+# equal types): every MSD file has the same three compound types, built once per process.
+_TABLE_TYPES: dict = {}
+_MAX_TABLE_TYPES = 64
+
+
+def _table_type(dataset: h5py.h5d.DatasetID, fields: tuple[str, ...]) -> _TableType:
+    file_type = dataset.get_type()
+    try:
+        key = (file_type.encode(), fields)
+    except Exception:  # a type HDF5 cannot describe: built, not cached
+        key = None
+    cached = _TABLE_TYPES.get(key) if key is not None else None
+    if cached is not None:
+        return cached
+    dtype = file_type.dtype
+    missing = tuple(field for field in fields if field not in (dtype.names or ()))
+    fields_dtype = memory_type = None
+    if not missing and fields:
+        fields_dtype = np.dtype({"names": list(fields),
+                                 "formats": [dtype.fields[field][0] for field in fields]})
+        memory_type = h5py.h5t.py_create(fields_dtype)
+    table_type = _TableType(dtype, missing, fields_dtype, memory_type)
+    if key is not None:
+        if len(_TABLE_TYPES) >= _MAX_TABLE_TYPES:
+            _TABLE_TYPES.clear()
+        _TABLE_TYPES[key] = table_type
+    return table_type
+
+
+def _compound_table(dataset: Optional[h5py.h5d.DatasetID], name: str, fields: tuple[str, ...]
+                    ) -> Union[tuple[h5py.h5d.DatasetID, np.dtype, h5py.h5t.TypeID], str]:
+    """A compound ``songs`` table checked from its declaration (nothing read yet), with the
+    type that reads only ``fields``, or what is wrong with it."""
+    if dataset is None:
         return f"the dataset '{name}' is missing"
-    dtype = dataset.dtype
-    missing = [field for field in fields if field not in (dtype.names or ())]
-    if missing:
-        return f"'{name}' lacks the field(s) {', '.join(missing)}"
+    table_type = _table_type(dataset, fields)
+    if table_type.missing:
+        return f"'{name}' lacks the field(s) {', '.join(table_type.missing)}"
     shape = dataset.shape
     if len(shape) != 1 or shape[0] == 0:
         return f"'{name}' has shape {shape}, expected one row per song"
-    return dataset, dtype
+    return dataset, table_type.fields_dtype, table_type.memory_type
 
 
 def bad_segment_bounds(starts: np.ndarray, total_segments: int) -> np.ndarray:
@@ -163,22 +236,32 @@ def parse_msd_file(data: bytes, path: str, min_segments: int = DEFAULT_MIN_SEGME
         h5.close()
 
 
+# The fields of the songs tables the outputs use (only these are read).
+_TABLE_FIELDS = (("analysis/songs", ("track_id", "duration", "idx_segments_timbre")),
+                 ("metadata/songs", ("song_id", "artist_name", "title", "release")),
+                 ("musicbrainz/songs", ("year",)))
+
+
 def _parse_open_file(h5: h5py.File, path: str, min_segments: int, max_segments: int,
                      max_songs: int) -> Iterator[Union[Song, Rejection]]:
-    outside = _outside_data(h5)
-    if outside:
-        yield _file_rejection(path, "external_data", outside + "; such files are not read")
-        return
+    datasets = _open_datasets_inside(h5)
+    if datasets is None:  # something unusual: the complete checks, with h5py's objects
+        outside = _outside_data(h5)
+        if outside:
+            yield _file_rejection(path, "external_data", outside + "; such files are not read")
+            return
+        datasets = {}
+        for name in _USED_DATASETS:
+            dataset = h5.get(name)
+            datasets[name] = dataset.id if isinstance(dataset, h5py.Dataset) else None
     tables = {}
-    for name, fields in (("analysis/songs", ("track_id", "duration", "idx_segments_timbre")),
-                         ("metadata/songs", ("song_id", "artist_name", "title", "release")),
-                         ("musicbrainz/songs", ("year",))):
-        table = _compound_table(h5, name, fields)
+    for name, fields in _TABLE_FIELDS:
+        table = _compound_table(datasets[name], name, fields)
         if isinstance(table, str):
             yield _file_rejection(path, "not_msd_file", table)
             return
         tables[name] = table
-    counts = {name: dataset.shape[0] for name, (dataset, _) in tables.items()}
+    counts = {name: dataset.shape[0] for name, (dataset, _, _) in tables.items()}
     num_songs = counts["analysis/songs"]
     if len(set(counts.values())) > 1:
         yield _file_rejection(
@@ -191,11 +274,12 @@ def _parse_open_file(h5: h5py.File, path: str, min_segments: int, max_segments: 
                               f"the songs tables declare {num_songs} songs; the limit is "
                               f"{max_songs} per file")
         return
-    timbre_dataset = h5.get("analysis/segments_timbre")
-    if not isinstance(timbre_dataset, h5py.Dataset):
+    timbre_dataset = datasets["analysis/segments_timbre"]
+    if timbre_dataset is None:
         yield _file_rejection(path, "not_msd_file", "the dataset 'analysis/segments_timbre' is missing")
         return
-    timbre_shape, timbre_dtype = timbre_dataset.shape, timbre_dataset.dtype
+    timbre_shape = timbre_dataset.shape
+    timbre_dtype = _table_type(timbre_dataset, ()).dtype
     if len(timbre_shape) != 2 or timbre_shape[1] != timbre_lib.TIMBRE_DIMS:
         yield _file_rejection(path, "bad_timbre_shape",
                               f"segments_timbre has shape {timbre_shape}, expected (n, 12)")
