@@ -40,6 +40,7 @@ class Song:
     num_segments: int
     raw_features: np.ndarray  # float64 (90,)
     path: str
+    row: int = 0  # its row in the file's songs tables (aggregate files hold several)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,12 +123,13 @@ def _open_datasets_inside(h5: h5py.File) -> Optional[dict[str, h5py.h5d.DatasetI
     root = h5.id
     opened = {}
     try:
-        for name, prefixes in _LINK_PREFIXES:
-            for prefix in prefixes:
-                # the link itself, not what it points to: nothing outside is opened
-                if root.links.get_info(prefix).type != h5py.h5l.TYPE_HARD:
-                    return None
-            dataset = h5py.h5o.open(root, prefixes[-1])
+        # Parents before children, each link itself (not what it points to): nothing
+        # outside the file is opened.
+        for prefix in _LINK_PREFIXES:
+            if root.links.get_info(prefix).type != h5py.h5l.TYPE_HARD:
+                return None
+        for name in _USED_DATASETS:
+            dataset = h5py.h5o.open(root, name.encode())
             if not isinstance(dataset, h5py.h5d.DatasetID):
                 return None
             create = dataset.get_create_plist()
@@ -139,10 +141,9 @@ def _open_datasets_inside(h5: h5py.File) -> Optional[dict[str, h5py.h5d.DatasetI
     return opened
 
 
-_LINK_PREFIXES = tuple(
-    (name, tuple("/".join(name.split("/")[:depth]).encode()
-                 for depth in range(1, name.count("/") + 2)))
-    for name in _USED_DATASETS)
+_LINK_PREFIXES = tuple(dict.fromkeys(
+    "/".join(name.split("/")[:depth]).encode()
+    for name in _USED_DATASETS for depth in range(1, name.count("/") + 2)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,4 +341,5 @@ def _parse_open_file(h5: h5py.File, path: str, min_segments: int, max_segments: 
             num_segments=end - start,
             raw_features=statistics,
             path=path,
+            row=row,
         )

@@ -1,6 +1,7 @@
 """The feature pipeline: reading transforms, the whole job on the DirectRunner, Dataflow offline."""
 import concurrent.futures
 import csv
+import dataclasses
 import glob
 import json
 import os
@@ -13,10 +14,12 @@ import tensorflow as tf
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from msd import hdf5_reader
 from pipelines import config as config_lib
 from pipelines import features
 from transforms import read_msd
 from tests.dataflow_dry_run import build_dataflow_job
+from tests.test_hdf5_reader import RICK_ASTLEY, write_aggregate
 from tests.test_timbre import independent_statistics
 
 REAL_TRACK_IDS = ["TRAAABD128F429CF47", "TRAXLZU12903D05F94", "TRBDBKZ128F425D023",
@@ -209,6 +212,52 @@ def test_a_track_in_two_files_is_written_once_and_the_other_reported(real_msd_di
     assert duplicate["path"] == loser and winner in duplicate["detail"]
     assert (summary["songs_seen"], summary["songs_written"], summary["songs_rejected"]) == (3, 2, 1)
     assert summary["rejected_by_reason"] == {"duplicate_track_id": 1}
+
+
+def test_a_track_twice_in_one_aggregate_file_keeps_its_first_row(real_msd_dir, tmp_path):
+    """B12: both copies have the same path, so the path alone cannot pick the winner; the row
+    in the file does, whatever order GroupByKey hands the songs over in."""
+    paths = [real_msd_dir / RICK_ASTLEY, real_msd_dir / "A/A/A/TRAAABD128F429CF47.h5",
+             real_msd_dir / "B/D/B/TRBDBKZ128F425D023.h5"]
+    twice = "TRAXLZU12903D05F94"
+    data = write_aggregate(paths, track_ids_override=[twice, "TRAAABD128F429CF47", twice])
+    aggregate = str(tmp_path / "aggregate.h5")
+    songs = list(hdf5_reader.parse_msd_file(data, aggregate))
+    assert [(s.track_id, s.row) for s in songs] == [
+        (twice, 0), ("TRAAABD128F429CF47", 1), (twice, 2)]
+    copies = [s for s in songs if s.track_id == twice]
+    # A copy of the same track in a file whose path sorts later, and one that sorts earlier.
+    later, earlier = (dataclasses.replace(copies[1], path=str(tmp_path / name), row=0)
+                      for name in ("b.h5", "0.h5"))
+    for group in (copies, copies[::-1]):
+        outputs = list(read_msd.KeepFirstOfDuplicateTracksFn().process((twice, group)))
+        kept, (rejection,) = outputs[0], [o.value for o in outputs[1:]]
+        assert (kept.path, kept.row) == (aggregate, 0)
+        np.testing.assert_array_equal(kept.raw_features, copies[0].raw_features)
+        assert (rejection.path, rejection.track_id, rejection.reason, rejection.level) == (
+            aggregate, twice, "duplicate_track_id", "song")
+        assert rejection.detail == (f"song 2: track {twice} is a duplicate of row 0 of the "
+                                    "same file, which comes first and is kept")
+    outputs = list(read_msd.KeepFirstOfDuplicateTracksFn().process(
+        (twice, [later, copies[1], earlier, copies[0]])))
+    assert (outputs[0].path, outputs[0].row) == (earlier.path, 0)
+    assert [(o.value.path, o.value.detail) for o in outputs[1:]] == [
+        (aggregate, f"song {row}: track {twice} is a duplicate of {earlier.path} row 0, whose "
+                    "path sorts first and is kept") for row in (0, 2)] + [
+        (later.path, f"song 0: track {twice} is a duplicate of {earlier.path} row 0, whose "
+                     "path sorts first and is kept")]
+    # Through the job: row 0 written (Rick Astley's statistics), row 2 the dead letter.
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "aggregate.h5").write_bytes(data)
+    features.run(["--input", str(tmp_path / "in"), "--output_dir", str(tmp_path / "out")])
+    examples, _, _, _, rejected, _ = read_outputs(tmp_path / "out")
+    assert sorted(feature(e, "track_id") for e in examples) == ["TRAAABD128F429CF47", twice]
+    (written,) = [e for e in examples if feature(e, "track_id") == twice]
+    np.testing.assert_allclose(written.features.feature["raw_features"].float_list.value,
+                               copies[0].raw_features.astype(np.float32), rtol=1e-6)
+    assert [(r["reason"], r["detail"]) for r in rejected] == [
+        ("duplicate_track_id", f"song 2: track {twice} is a duplicate of row 0 of the same "
+                               "file, which comes first and is kept")]
 
 
 def test_files_are_read_ahead_in_order_within_the_file_and_byte_limits(monkeypatch):

@@ -57,7 +57,7 @@ def test_invalid_real_files_are_file_level_rejections(invalid_msd_dir):
         assert record.reason == "not_msd_file" and "analysis/songs" in record.detail
 
 
-def write_aggregate(paths, starts_override=None) -> bytes:
+def write_aggregate(paths, starts_override=None, track_ids_override=None) -> bytes:
     """An aggregate file built from real single-song files, as the MSD's own tools lay it out."""
     analysis, metadata, musicbrainz, timbres = [], [], [], []
     for path in paths:
@@ -70,6 +70,8 @@ def write_aggregate(paths, starts_override=None) -> bytes:
     analysis["idx_segments_timbre"] = np.cumsum([0] + [len(t) for t in timbres[:-1]])
     if starts_override is not None:
         analysis["idx_segments_timbre"] = starts_override
+    if track_ids_override is not None:
+        analysis["track_id"] = track_ids_override
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as h5:
         h5["analysis/songs"] = analysis
@@ -93,6 +95,15 @@ def test_aggregate_file_slices_each_song_by_idx_segments_timbre(real_msd_dir):
                 single.song_id, single.title, single.num_segments)
         else:
             assert record.reason == single.reason
+
+
+def test_songs_carry_their_row_in_the_file(real_msd_dir):
+    paths = sorted(real_msd_dir.rglob("*.h5"))
+    records = list(hdf5_reader.parse_msd_file(write_aggregate(paths), "agg.h5"))
+    assert [(r.track_id, r.row) for r in records if isinstance(r, hdf5_reader.Song)] == [
+        (p.stem, row) for row, p in enumerate(paths) if p.stem != "TRBDXOD128F422C47B"]
+    (single,) = parse_path(real_msd_dir / RICK_ASTLEY)
+    assert single.row == 0
 
 
 def test_aggregate_file_with_bad_indices_rejects_the_songs_they_touch(real_msd_dir):

@@ -560,11 +560,13 @@ def test_a_virtual_dataset_pointing_outside_the_file_cannot_crash_the_worker(tmp
 
 
 def test_a_track_twice_in_one_aggregate_file_keeps_the_first_row(run):
-    """Both copies come from the same path, so the product's rule (the path that sorts first
-    wins) leaves the choice to the order in which GroupByKey hands the songs over. Expected:
-    row 0 is written (its statistics), row 1 is the duplicate_track_id dead letter, on every
+    """Both copies come from the same path, so the path alone (the first rule) left the choice
+    to the order in which GroupByKey hands the songs over (B12). Expected: row 0 is written
+    (its statistics), row 1 is the duplicate_track_id dead letter naming row 0, on every
     runner."""
     path, track_id = run["builder"].duplicate_in_one_file
     records = rejections_of(run, path)
-    assert [(r["reason"], r["track_id"]) for r in records] == [("duplicate_track_id", track_id)]
+    assert [(r["reason"], r["track_id"], r["detail"]) for r in records] == [
+        ("duplicate_track_id", track_id, f"song 1: track {track_id} is a duplicate of row 0 of "
+                                         "the same file, which comes first and is kept")]
     assert track_id in run["examples"]  # values checked in test_the_good_songs_are_unaffected

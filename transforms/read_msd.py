@@ -177,8 +177,9 @@ class ReadMsdSongs(beam.PTransform):
 
 
 class KeepFirstOfDuplicateTracksFn(beam.DoFn):
-    """(track_id, songs) → the song from the file whose path sorts first; the others are
-    rejected as ``duplicate_track_id`` naming the file that won (deterministic on any runner)."""
+    """(track_id, songs) → the song that sorts first by (path, row in the file); the others
+    are rejected as ``duplicate_track_id`` naming the song that won (deterministic on any
+    runner, also for two copies inside one aggregate file)."""
 
     def __init__(self):
         self._songs_rejected = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "songs_rejected")
@@ -187,14 +188,18 @@ class KeepFirstOfDuplicateTracksFn(beam.DoFn):
 
     def process(self, track_and_songs: tuple[str, Iterable[hdf5_reader.Song]]) -> Iterator:
         track_id, songs = track_and_songs
-        first, *others = sorted(songs, key=lambda song: song.path)
+        first, *others = sorted(songs, key=lambda song: (song.path, song.row))
         yield first
         for song in others:
             self._songs_rejected.inc()
             self._duplicates.inc()
+            if song.path == first.path:
+                kept = f"row {first.row} of the same file, which comes first and is kept"
+            else:
+                kept = f"{first.path} row {first.row}, whose path sorts first and is kept"
             yield beam.pvalue.TaggedOutput(REJECTED, hdf5_reader.Rejection(
                 song.path, track_id, "duplicate_track_id",
-                f"track {track_id} is also in {first.path}, which sorts first and is kept"))
+                f"song {song.row}: track {track_id} is a duplicate of {kept}"))
 
 
 class DropDuplicateTracks(beam.PTransform):
