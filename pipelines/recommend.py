@@ -174,10 +174,10 @@ def write_submission(rows_by_user: dict, users_path: str, kaggle_songs_path: str
             "songs_not_in_kaggle_songs": songs_missing}
 
 
-def build_pipeline(pipeline: beam.Pipeline, options: RecommendOptions, run_date: datetime.date,
+def build_pipeline(pipeline: beam.Pipeline, options: RecommendOptions,
                    rows_destination: beam.PTransform, report_dir: str) -> None:
     """Adds the whole recommendation job to ``pipeline``."""
-    context = scoring.RunContext(run_date=run_date, model=options.model, k=options.k)
+    context = scoring.RunContext(model=options.model, k=options.k)
     index = (pipeline
              | "Features" >> beam.Create([options.features])
              | "SongIndex" >> beam.Map(song_index, options.song_to_tracks, options.mismatches))
@@ -363,7 +363,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
 
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, recommend_options, run_date, destination,
+    build_pipeline(pipeline, recommend_options, destination,
                    FileSystems.join(staging, "report") if staging else report_dir)
     result = pipeline.run()
     if staging_only:

@@ -79,8 +79,9 @@ How it stays fast (one pass over the catalogue, memory bounded by a tile)
   4. Final: per-user histogram thresholds (first for k + listens, then membership test on the
      survivors, then for k), user-major packing to [Bp, ~k], one sort.
 
-Everything in the hot path is TensorFlow; numpy is only used to validate and pack inputs and to
-unpack outputs. The same graph runs on GPU when TensorFlow sees one (soft placement).
+The catalogue pass is all TensorFlow and runs on GPU when TensorFlow sees one (soft placement);
+numpy validates and packs inputs, sums the float64 profiles and re-ranks the k + margin
+candidates in float64 on the host (O(B * k * d) per batch, independent of the catalogue size).
 """
 from __future__ import annotations
 

@@ -3,7 +3,6 @@ plus the popularity fallback for users with no known song.
 """
 import collections
 import dataclasses
-import datetime
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import apache_beam as beam
@@ -20,8 +19,7 @@ REJECTED = "rejected"
 
 @dataclasses.dataclass(frozen=True)
 class RunContext:
-    """What every output row records about the run."""
-    run_date: datetime.date
+    """What the scoring steps need to know about the run (the run date is the writers')."""
     model: str
     k: int
 
