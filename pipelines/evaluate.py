@@ -1021,9 +1021,13 @@ def _label(report: dict, key: str) -> str:
 
 
 def _svg(figure) -> str:
-    """A matplotlib figure as inline SVG text (text kept as text: small, and no fonts to load)."""
+    """A matplotlib figure as inline SVG text (text kept as text: small, and no fonts to load),
+    in the report's style: no top/right frame lines, tight layout."""
     import matplotlib.pyplot as plt
 
+    for axis in figure.axes:
+        axis.spines[["top", "right"]].set_visible(False)
+    figure.tight_layout()
     buffer = io.StringIO()
     figure.savefig(buffer, format="svg", bbox_inches="tight")
     plt.close(figure)
@@ -1054,8 +1058,6 @@ def plot_metrics(report: dict) -> str:
         for position, value, end in zip(positions, values, ends):
             axis.text(end, position, f" {value:.4f}", va="center", fontsize=8)
         axis.set_xlim(0, max(max(ends) * 1.4, 1e-6))
-        axis.spines[["top", "right"]].set_visible(False)
-    figure.tight_layout()
     return _svg(figure)
 
 
@@ -1079,8 +1081,6 @@ def plot_blend(report: dict) -> Optional[str]:
     axis.set_ylabel(f"mAP@{report['protocol']['cutoffs']['map']}")
     axis.set_xlim(-0.02, 1.02)
     axis.legend(fontsize=8, loc="best")
-    axis.spines[["top", "right"]].set_visible(False)
-    figure.tight_layout()
     return _svg(figure)
 
 
@@ -1103,8 +1103,6 @@ def plot_history(report: dict) -> str:
     axis.set_xlabel("songs in the user's visible history")
     axis.set_ylabel(f"mAP@{report['protocol']['cutoffs']['map']}")
     axis.legend(fontsize=8)
-    axis.spines[["top", "right"]].set_visible(False)
-    figure.tight_layout()
     return _svg(figure)
 
 
@@ -1132,8 +1130,6 @@ def plot_popularity(report: dict) -> str:
     axis.set_xlabel("listeners of the song in the visible data (log₂ bins)")
     axis.set_ylabel("share of songs")
     axis.legend(fontsize=8)
-    axis.spines[["top", "right"]].set_visible(False)
-    figure.tight_layout()
     return _svg(figure)
 
 
@@ -1151,7 +1147,6 @@ def plot_coverage(report: dict) -> str:
         left.text(value, position, f" {value:.1%}", va="center", fontsize=8)
     left.set_xlim(0, 1.15)
     left.set_title("catalogue coverage (share of songs recommended to anyone)", fontsize=10)
-    left.spines[["top", "right"]].set_visible(False)
     share = np.linspace(0, 1, _LORENZ_POINTS)
     right.plot(share, share, color="black", linewidth=0.8, linestyle=":",
                label="equal (Gini 0)")
@@ -1162,8 +1157,6 @@ def plot_coverage(report: dict) -> str:
     right.set_ylabel("share of recommendations")
     right.set_title("concentration (Lorenz curve)", fontsize=10)
     right.legend(fontsize=8, loc="upper left")
-    right.spines[["top", "right"]].set_visible(False)
-    figure.tight_layout()
     return _svg(figure)
 
 

@@ -24,7 +24,7 @@ class RunContext:
     k: int
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # arrays: compare fields explicitly
 class ScoredUser:
     """A user's k recommendations as catalogue rows (best first) with their scores.
 
@@ -35,15 +35,6 @@ class ScoredUser:
     history_size: int
     rows: np.ndarray    # int32 [k], catalogue rows (the catalogue's sorted track order)
     scores: np.ndarray  # float64 [k]
-
-    def __eq__(self, other) -> bool:
-        return (isinstance(other, ScoredUser)
-                and (self.user_id, self.model, self.history_size)
-                == (other.user_id, other.model, other.history_size)
-                and np.array_equal(self.rows, other.rows)
-                and np.array_equal(self.scores, other.scores))
-
-    __hash__ = None
 
 
 def user_rejection(history: UserHistory, reason: str, detail: str) -> listening.Rejection:
