@@ -249,8 +249,13 @@ def _check_k_value(k) -> int:
 
 
 def _check_k_packed(packed: PackedHistories, num_songs: int, k: int, offset: int = 0) -> None:
-    k = _check_k_value(k)
-    avail = np.int64(num_songs) - _distinct_per_user(packed, num_songs)
+    _check_available(np.int64(num_songs) - _distinct_per_user(packed, num_songs), num_songs,
+                     _check_k_value(k), offset)
+
+
+def _check_available(avail: np.ndarray, num_songs: int, k: int, offset: int = 0) -> None:
+    """Raises ``ValueError`` naming the first user (position + ``offset``) with fewer than k
+    songs available (``avail``: per user, catalogue songs not in the history)."""
     short = np.flatnonzero(avail < k)
     if short.size:
         u = int(short[0])
@@ -929,7 +934,8 @@ class CatalogueScorer:
         return out_idx, out_sc, int((~safe).sum())
 
     def recommend_packed(self, packed: PackedHistories, k: int = DEFAULT_K):
-        """Top-k for already packed and validated histories (see ``pack_histories``/``check_k``).
+        """Top-k for already packed and validated histories (see ``pack_histories``); raises
+        ``ValueError`` if ``k`` exceeds the songs left for some user (checked per batch).
 
         The TensorFlow kernel picks the best k + margin songs by float32 scores; they are then
         ranked by float64 scores (``_refine``), so a user's songs, order and scores are the same
@@ -945,6 +951,7 @@ class CatalogueScorer:
             prof64 = self.profiles64(part)
             prof32 = prof64.astype(np.float32)
             avail = np.int64(self.num_songs) - _distinct_per_user(part, self.num_songs)
+            _check_available(avail, self.num_songs, k, offset=start)
             kk = int(min(k + max(8, k // 16), avail.min()))
             idx, sc, ok = self._run("stream", part, prof32, kk)
             bad = np.flatnonzero(~ok)
@@ -952,13 +959,7 @@ class CatalogueScorer:
                 # The speculative threshold was too high for these users (e.g. many tied
                 # scores): score them again with the always-exact path.
                 fallbacks += int(bad.size)
-                sub = _subset(part, bad)
-                for s2 in range(0, bad.size, self.batch_size):
-                    piece = sub.slice(s2, min(bad.size, s2 + self.batch_size))
-                    rows = bad[s2 : s2 + piece.num_users]
-                    i2, c2, _ = self._run("exact", piece, prof32[rows], kk)
-                    idx[rows] = i2
-                    sc[rows] = c2
+                idx[bad], sc[bad], _ = self._run("exact", _subset(part, bad), prof32[bad], kk)
             idx, sc, whole = self._refine(part, prof64, prof32, idx, sc, k, avail)
             refined_in_float64 += whole
             out_idx[start:stop] = idx
@@ -971,7 +972,6 @@ class CatalogueScorer:
         """``(indices int64 [B, k], scores float64 [B, k])``, best first; see the module docs."""
         k = _check_k_value(k)
         packed = pack_histories(histories, weights, num_songs=self.num_songs)
-        _check_k_packed(packed, self.num_songs, k)
         return self.recommend_packed(packed, k)
 
 
@@ -1009,7 +1009,7 @@ def recommend(catalogue, histories, k: int = DEFAULT_K, weights=None, *, batch_s
     k = _check_k_value(k)
     arr = _validate_catalogue(catalogue)
     packed = pack_histories(histories, weights, num_songs=arr.shape[0])
-    _check_k_packed(packed, arr.shape[0], k)
+    _check_k_packed(packed, arr.shape[0], k)  # before the catalogue is copied into TensorFlow
     if packed.num_users == 0:
         return np.zeros((0, k), np.int64), np.zeros((0, k), np.float64)
     scorer = CatalogueScorer(arr, batch_size=min(batch_size, max(1, packed.num_users)), **options)
