@@ -9,9 +9,18 @@ What is planted:
   of Echo Nest terms. Every artist belongs to one style and every song to its artist's style, so
   the 90 timbre statistics of songs of one style lie close together (also after per-song L2
   normalisation). ``styles.csv`` is the ground truth.
-- Users who listen mostly (≈87 % of their songs on average) within 1–3 favourite styles, with
-  Zipf-like popularity inside a style, long-tailed history lengths (median ≈ 30, a few users
-  with thousands) and long-tailed play counts.
+- ``num_scenes`` co-listening *scenes* (communities / playlists; default one per 100 songs):
+  every song belongs to one scene, drawn from its own stream independently of its style, artist
+  and everything in its HDF5 file, so a scene holds songs of every style and the timbre (or any
+  other content feature) cannot see it. ``scenes.csv`` is the ground truth.
+- Users, each in 1–3 scenes (55/30/15 %, picked by scene size) and with 1–3 favourite styles.
+  A share ~ Beta(12, 18) of a user's draws (mean 0.4; ≈ 40 % of all listens end up in the
+  listener's own scenes) comes from their scenes, songs weighted by popularity; of the rest,
+  ≈ 87 % comes from the favourite styles, with Zipf-like popularity inside a style, and the
+  remainder from the whole catalogue by popularity. Only co-listening reveals the scenes:
+  songs of one scene but different styles share listeners about as often as songs of one
+  style, several times as often as unrelated songs of the same popularity. History lengths
+  are long-tailed (median ≈ 30, a few users with thousands) and so are play counts.
 
 Values follow the real data (see ``../shared/docs/DESIGN.md``): timbre dimension 0 around 43
 (0–60), dimensions 1–11 around 0 with spreads of 20–70 (within ±500), ~780 segments per song
@@ -27,9 +36,10 @@ unlimited first dimension. Aggregate files (``songs_per_file`` > 1) follow the M
 of every array start at the matching ``idx_*`` field.
 
 Determinism: everything is derived from ``seed`` through numpy ``SeedSequence`` streams keyed
-by what is generated (the catalogue, the style model, song *i*, artist *a*, user *u*), so the
-output does not depend on ``workers`` or on the order in which processes finish. HDF5 object
-timestamps are switched off, which makes the files byte-identical between runs with one seed.
+by what is generated (the catalogue, the style model, the scenes, song *i*, artist *a*, user
+*u*), so the output does not depend on ``workers`` or on the order in which processes finish.
+HDF5 object timestamps are switched off, which makes the files byte-identical between runs with
+one seed.
 """
 from __future__ import annotations
 
@@ -185,6 +195,7 @@ SONG_TO_TRACKS_FILENAME = "taste_profile_song_to_tracks.txt"
 KAGGLE_SONGS_FILENAME = "kaggle_songs.txt"
 KAGGLE_USERS_FILENAME = "kaggle_users.txt"
 STYLES_FILENAME = "styles.csv"
+SCENES_FILENAME = "scenes.csv"
 MANIFEST_FILENAME = "synthesis.json"
 AGGREGATE_FILE_PREFIX = "aggregate-"
 
@@ -232,6 +243,12 @@ POPULARITY_ZIPF_EXPONENT = 0.9
 POPULARITY_ZIPF_OFFSET = 5.0
 PLAY_COUNT_ZIPF = 2.3
 PLAY_COUNT_MAX = 5000
+# Scenes (co-listening communities across styles; see the module docstring).
+SONGS_PER_SCENE = 100  # default num_scenes = max(1, round(num_songs / SONGS_PER_SCENE))
+SCENE_SIZE_DIRICHLET = 4.0  # scene sizes vary ≈ ±50 % around the mean
+USER_SCENE_COUNTS = (1, 2, 3)
+USER_SCENE_COUNT_PROBS = (0.55, 0.3, 0.15)
+SCENE_SHARE_BETA = (12.0, 18.0)  # share of a user's draws from their scenes, mean 0.4
 
 # SeedSequence stream keys: every generated thing has its own stream.
 _STREAM_CATALOGUE = 1
@@ -240,6 +257,7 @@ _STREAM_SONG = 3
 _STREAM_ARTIST = 4
 _STREAM_USER = 5
 _STREAM_POPULARITY = 6
+_STREAM_SCENES = 7
 
 # --------------------------------------------------------------------------------------------
 # Vocabulary for names, titles, terms and places
@@ -462,6 +480,8 @@ class Catalogue:
     track_7digitalids: np.ndarray
     years: np.ndarray
     song_hotttnesss: np.ndarray
+    scene: np.ndarray  # int, per song: its co-listening scene (independent of its style)
+    num_scenes: int
 
     def __len__(self) -> int:
         return len(self.track_ids)
@@ -608,16 +628,39 @@ def build_artists(rng: np.random.Generator, styles: StyleModel, num_artists: int
                    playme_id=playme, familiarity=familiarity, hotttnesss=hotttnesss)
 
 
-def build_catalogue(num_songs: int, seed: int = 0, num_styles: int = 12,
-                    num_artists: Optional[int] = None) -> Catalogue:
-    """Decides every song of the data set: ids, style, artist, title, release, year, number of
-    segments (the segments themselves are drawn later, per song, by ``generate_song``).
+def default_num_scenes(num_songs: int) -> int:
+    """One scene per ``SONGS_PER_SCENE`` songs (at least one)."""
+    return max(1, int(round(num_songs / SONGS_PER_SCENE)))
 
-    Artists default to one per 10 songs (the MSD has ~22) with Zipf-like song counts."""
+
+def assign_scenes(num_songs: int, num_scenes: int, seed: int) -> np.ndarray:
+    """Each song's scene, from its own stream (seed, scenes) and independent of everything
+    else about the song: scene sizes are Dirichlet shares, so a scene holds songs of every
+    style in proportion to the styles' sizes."""
+    if num_scenes < 1:
+        raise ValueError(f"num_scenes must be at least 1, got {num_scenes}")
+    rng = _rng(seed, _STREAM_SCENES)
+    share = rng.dirichlet(np.full(num_scenes, SCENE_SIZE_DIRICHLET))
+    return rng.choice(num_scenes, size=num_songs, p=share).astype(np.int64)
+
+
+def build_catalogue(num_songs: int, seed: int = 0, num_styles: int = 12,
+                    num_artists: Optional[int] = None,
+                    num_scenes: Optional[int] = None) -> Catalogue:
+    """Decides every song of the data set: ids, style, artist, title, release, year, number of
+    segments (the segments themselves are drawn later, per song, by ``generate_song``) and
+    co-listening scene.
+
+    Artists default to one per 10 songs (the MSD has ~22) with Zipf-like song counts. Scenes
+    default to ``default_num_scenes`` (one per 100 songs); they come from their own stream, so
+    they change nothing else in the catalogue or in the HDF5 files."""
     if num_songs < 1:
         raise ValueError(f"num_songs must be at least 1, got {num_songs}")
     if seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    if num_scenes is None:
+        num_scenes = default_num_scenes(num_songs)
+    scene = assign_scenes(num_songs, num_scenes, seed)
     styles = build_style_model(num_styles, seed)
     rng = _rng(seed, _STREAM_CATALOGUE)
     if num_artists is None:
@@ -669,7 +712,8 @@ def build_catalogue(num_songs: int, seed: int = 0, num_styles: int = 12,
                      song_ids=song_ids, style=song_style, artist=song_artist,
                      num_segments=num_segments, titles=titles, releases=releases,
                      release_7digitalids=release_7digital, track_7digitalids=track_7digital,
-                     years=years, song_hotttnesss=hotttnesss)
+                     years=years, song_hotttnesss=hotttnesss, scene=scene,
+                     num_scenes=num_scenes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1190,8 +1234,9 @@ def sample_history_lengths(rng: np.random.Generator, count: int, num_songs: int)
 
 
 class ListeningModel:
-    """Per-style popularity (Zipf-like over a random order of the style's songs) and the
-    samplers that turn it into user histories."""
+    """Per-style popularity (Zipf-like over a random order of the style's songs), the scenes'
+    song pools (each scene's songs weighted by that same popularity) and the samplers that
+    turn them into user histories."""
 
     def __init__(self, catalogue: Catalogue):
         rng = _rng(catalogue.seed, _STREAM_POPULARITY)
@@ -1212,69 +1257,128 @@ class ListeningModel:
         self.style_share = counts / counts.sum()
         self.popularity = popularity / popularity.sum()
         self.global_cumulative = np.cumsum(self.popularity)
+        # Scenes: a user picks scenes by their size; inside a scene, songs by popularity.
+        self.num_scenes = int(catalogue.num_scenes)
+        scene_counts = np.bincount(catalogue.scene, minlength=self.num_scenes)
+        by_scene = np.argsort(catalogue.scene, kind="stable")  # one sort, not a scan per scene
+        self.scene_songs = np.split(by_scene, np.cumsum(scene_counts)[:-1])
+        self.scene_cumulative: list[np.ndarray] = []
+        for songs in self.scene_songs:
+            weights = self.popularity[songs]
+            self.scene_cumulative.append(np.cumsum(weights / weights.sum()) if len(songs)
+                                         else weights)
+        self.scene_share = scene_counts / scene_counts.sum()
+        # For drawing a user's styles and scenes (by share, without repeats) in O(k log n).
+        self._style_pick_cumulative = np.cumsum(self.style_share)
+        self._scene_pick_cumulative = np.cumsum(self.scene_share)
+        self._favourite_count_cumulative = np.cumsum(FAVOURITE_STYLE_COUNT_PROBS)
+        self._scene_count_cumulative = np.cumsum(USER_SCENE_COUNT_PROBS)
+
+    @staticmethod
+    def _pick_count(rng: np.random.Generator, counts: Sequence[int],
+                    cumulative: np.ndarray) -> int:
+        """One of ``counts`` with the probabilities whose running sum is ``cumulative``."""
+        index = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+        return int(counts[min(index, len(counts) - 1)])
+
+    @staticmethod
+    def _pick_distinct(rng: np.random.Generator, cumulative: np.ndarray, count: int
+                       ) -> np.ndarray:
+        """``count`` distinct indices drawn by the weights whose running sum is ``cumulative``
+        (successive draws, repeats redrawn; zero-weight indices never come up). ``count``
+        must not exceed the number of indices with weight > 0."""
+        picked: list[int] = []
+        last = len(cumulative) - 1
+        while len(picked) < count:
+            draws = np.searchsorted(cumulative, rng.random(count) * cumulative[-1], side="right")
+            for index in np.minimum(draws, last).tolist():
+                if index not in picked and len(picked) < count:
+                    picked.append(index)
+        return np.array(picked, dtype=np.int64)
+
+    @staticmethod
+    def _split(rng: np.random.Generator, count: int) -> np.ndarray:
+        """Symmetric Dirichlet(2) weights of ``count`` parts (normalised gamma draws)."""
+        weights = rng.standard_gamma(2.0, count)
+        return weights / weights.sum()
 
     def user_history(self, rng: np.random.Generator, length: int
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(song indices, play counts, favourite styles) of one user with ``length`` songs."""
-        available = np.flatnonzero(self.style_share > 0)
-        num_favourites = int(rng.choice(FAVOURITE_STYLE_COUNTS, p=FAVOURITE_STYLE_COUNT_PROBS))
-        num_favourites = min(num_favourites, len(available))
-        share = self.style_share[available]
-        favourites = rng.choice(available, size=num_favourites, replace=False,
-                                p=share / share.sum())
-        favourite_weights = rng.dirichlet(np.full(num_favourites, 2.0))
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(song indices, play counts, favourite styles, scenes) of one user with ``length``
+        songs: a share ~ Beta(12, 18) (mean 0.4) of the draws comes from the user's 1–3
+        scenes, the rest from the favourite styles (mostly) or the whole catalogue."""
+        num_favourites = min(self._pick_count(rng, FAVOURITE_STYLE_COUNTS,
+                                              self._favourite_count_cumulative),
+                             int(np.count_nonzero(self.style_share)))
+        favourites = self._pick_distinct(rng, self._style_pick_cumulative, num_favourites)
+        favourite_weights = self._split(rng, num_favourites)
         favourite_share = rng.beta(*FAVOURITE_SHARE_BETA)
-        component_probs = np.append(favourite_share * favourite_weights, 1.0 - favourite_share)
+        num_scenes = min(self._pick_count(rng, USER_SCENE_COUNTS, self._scene_count_cumulative),
+                         int(np.count_nonzero(self.scene_share)))
+        scenes = self._pick_distinct(rng, self._scene_pick_cumulative, num_scenes)
+        scene_weights = self._split(rng, num_scenes)
+        scene_share = rng.beta(*SCENE_SHARE_BETA)
+        component_probs = np.concatenate([
+            (1.0 - scene_share) * favourite_share * favourite_weights,
+            scene_share * scene_weights,
+            [(1.0 - scene_share) * (1.0 - favourite_share)]])
+        pools = ([(self.style_songs[style], self.style_cumulative[style])
+                  for style in favourites]
+                 + [(self.scene_songs[scene], self.scene_cumulative[scene])
+                    for scene in scenes])
         if length > self.num_songs // 2:
-            songs = self._top_k_by_gumbel(rng, favourites, component_probs, length)
+            songs = self._top_k_by_gumbel(rng, pools, component_probs, length)
         else:
-            songs = self._draw_distinct(rng, favourites, component_probs, length)
+            songs = self._draw_distinct(rng, pools, component_probs, length)
         play_counts = np.minimum(rng.zipf(PLAY_COUNT_ZIPF, len(songs)), PLAY_COUNT_MAX)
-        return songs, play_counts.astype(np.int64), favourites
+        return songs, play_counts.astype(np.int64), favourites, np.sort(scenes)
 
-    def _mixture_weights(self, favourites: np.ndarray, component_probs: np.ndarray) -> np.ndarray:
+    def _mixture_weights(self, pools, component_probs: np.ndarray) -> np.ndarray:
+        """Every song's probability under the user's mixture: ``pools`` (songs, cumulative
+        weights) with ``component_probs[:-1]``, the whole catalogue with the last."""
         weights = component_probs[-1] * self.popularity
-        for style, probability in zip(favourites, component_probs[:-1]):
-            songs = self.style_songs[style]
-            within = np.diff(self.style_cumulative[style], prepend=0.0)
-            weights[songs] += probability * within
+        for (songs, cumulative), probability in zip(pools, component_probs[:-1]):
+            weights[songs] += probability * np.diff(cumulative, prepend=0.0)  # no repeats
         return weights
 
-    def _top_k_by_gumbel(self, rng, favourites, component_probs, length) -> np.ndarray:
+    def _top_k_by_gumbel(self, rng, pools, component_probs, length) -> np.ndarray:
         """Weighted sampling without replacement over the whole catalogue (for very long
         histories): the top ``length`` of log(weight) + Gumbel noise."""
-        weights = self._mixture_weights(favourites, component_probs)
+        weights = self._mixture_weights(pools, component_probs)
         keys = np.log(np.maximum(weights, 1e-300)) + rng.gumbel(size=len(weights))
         top = np.argpartition(-keys, length - 1)[:length]
         return top[np.argsort(-keys[top])]
 
-    def _draw_distinct(self, rng, favourites, component_probs, length) -> np.ndarray:
-        """Draws from the user's mixture (favourite styles, else global popularity) with
-        replacement and keeps first occurrences until ``length`` distinct songs are found."""
+    def _draw_distinct(self, rng, pools, component_probs, length) -> np.ndarray:
+        """Draws from the user's mixture (favourite styles and scenes, else global popularity)
+        with replacement and keeps first occurrences until ``length`` distinct songs are
+        found."""
         chosen = np.zeros(0, dtype=np.int64)
+        component_cumulative = np.cumsum(component_probs)
         for _ in range(50):
             need = length - len(chosen)
             if need <= 0:
                 break
             draws = 2 * need + 8
-            component = rng.choice(len(component_probs), size=draws, p=component_probs)
+            component = np.minimum(np.searchsorted(
+                component_cumulative, rng.random(draws) * component_cumulative[-1],
+                side="right"), len(component_probs) - 1)
             uniform = rng.random(draws)
             songs = np.empty(draws, dtype=np.int64)
-            for index, style in enumerate(favourites):
-                mask = component == index
-                cumulative = self.style_cumulative[style]
+            for index, (pool, cumulative) in enumerate(pools):
+                mask = component == index  # pools are never empty (see user_history)
                 positions = np.searchsorted(cumulative, uniform[mask] * cumulative[-1],
                                             side="right")
-                songs[mask] = self.style_songs[style][np.minimum(positions, len(cumulative) - 1)]
-            mask = component == len(favourites)
+                songs[mask] = pool[np.minimum(positions, len(cumulative) - 1)]
+            mask = component == len(pools)
             positions = np.searchsorted(self.global_cumulative,
                                         uniform[mask] * self.global_cumulative[-1], side="right")
             songs[mask] = np.minimum(positions, self.num_songs - 1)
             combined = np.concatenate([chosen, songs])
             _, first = np.unique(combined, return_index=True)
             chosen = combined[np.sort(first)][:length]
-        if len(chosen) < length:  # favourite styles exhausted: finish without replacement
-            weights = self._mixture_weights(favourites, component_probs)
+        if len(chosen) < length:  # favourite pools exhausted: finish without replacement
+            weights = self._mixture_weights(pools, component_probs)
             weights[chosen] = 0.0
             keys = np.log(np.maximum(weights, 1e-300)) + rng.gumbel(size=len(weights))
             keys[chosen] = -np.inf
@@ -1284,12 +1388,13 @@ class ListeningModel:
 
 
 class UserHistory(NamedTuple):
-    """One synthetic user: id, songs (catalogue indices, sorted by song id), play counts and
-    the favourite styles the history was drawn from."""
+    """One synthetic user: id, songs (catalogue indices, sorted by song id), play counts, the
+    favourite styles and the scenes the history was drawn from."""
     user_id: str
     songs: np.ndarray
     play_counts: np.ndarray
     favourite_styles: np.ndarray
+    scenes: np.ndarray
 
 
 def iter_user_histories(catalogue: Catalogue, num_users: int) -> Iterator[UserHistory]:
@@ -1299,17 +1404,18 @@ def iter_user_histories(catalogue: Catalogue, num_users: int) -> Iterator[UserHi
     for user in range(num_users):
         rng = _rng(catalogue.seed, _STREAM_USER, user)
         length = int(sample_history_lengths(rng, 1, len(catalogue))[0])
-        songs, play_counts, favourites = model.user_history(rng, length)
+        songs, play_counts, favourites, scenes = model.user_history(rng, length)
         order = np.argsort(song_ids[songs], kind="stable")  # like the Kaggle files
         yield UserHistory(user_id(catalogue.seed, user), songs[order], play_counts[order],
-                          favourites)
+                          favourites, scenes)
 
 
 def write_listening_files(catalogue: Catalogue, output_dir: str, num_users: int,
                           progress: bool = False) -> dict[str, object]:
     """Writes the catalogue side files (unique_tracks, taste_profile_song_to_tracks,
-    kaggle_songs, styles.csv) and, when ``num_users`` > 0, the triplets and kaggle_users.
-    Returns the paths written and the number of listens."""
+    kaggle_songs, styles.csv, scenes.csv) and, when ``num_users`` > 0, the triplets and
+    kaggle_users. Returns the paths written, the number of listens and the share of listens
+    that are songs of the listener's own scenes."""
     os.makedirs(output_dir, exist_ok=True)
     out = pathlib.Path(output_dir)
     written: dict[str, object] = {}
@@ -1332,8 +1438,13 @@ def write_listening_files(catalogue: Catalogue, output_dir: str, num_users: int,
         handle.writelines(f"{track_id},{song_id},{style}\n" for track_id, song_id, style
                           in zip(catalogue.track_ids, catalogue.song_ids, catalogue.style))
     written["styles_path"] = str(out / STYLES_FILENAME)
+    with open(out / SCENES_FILENAME, "w", encoding="ascii", newline="\n") as handle:
+        handle.write("track_id,song_id,scene\n")
+        handle.writelines(f"{track_id},{song_id},{scene}\n" for track_id, song_id, scene
+                          in zip(catalogue.track_ids, catalogue.song_ids, catalogue.scene))
+    written["scenes_path"] = str(out / SCENES_FILENAME)
     written["triplets_path"] = written["kaggle_users_path"] = None
-    num_listens = 0
+    num_listens = num_scene_listens = 0
     if num_users > 0:
         from tqdm import tqdm
         song_ids = catalogue.song_ids
@@ -1347,9 +1458,12 @@ def write_listening_files(catalogue: Catalogue, output_dir: str, num_users: int,
                     f"{prefix}{song_ids[song]}\t{count}\n"
                     for song, count in zip(history.songs.tolist(), history.play_counts.tolist())))
                 num_listens += len(history.songs)
+                num_scene_listens += int(np.isin(catalogue.scene[history.songs],
+                                                 history.scenes).sum())
         written["triplets_path"] = str(out / TRIPLETS_FILENAME)
         written["kaggle_users_path"] = str(out / KAGGLE_USERS_FILENAME)
     written["num_listens"] = num_listens
+    written["scene_listen_share"] = round(num_scene_listens / max(num_listens, 1), 4)
     return written
 
 
@@ -1382,6 +1496,12 @@ class SynthesisSummary:
     triplets_path: Optional[str] = None
     kaggle_users_path: Optional[str] = None
     seconds: float = 0.0
+    num_scenes: int = 0
+    scenes_path: Optional[str] = None
+    scene_listen_share: float = 0.0  # share of listens that are songs of the user's scenes
+    user_scene_counts: tuple[int, ...] = USER_SCENE_COUNTS
+    user_scene_count_probs: tuple[float, ...] = USER_SCENE_COUNT_PROBS
+    scene_share_beta: tuple[float, float] = SCENE_SHARE_BETA
 
     def describe(self) -> str:
         """A few lines for a person: what was written where."""
@@ -1397,10 +1517,13 @@ class SynthesisSummary:
             f"  catalogue: {self.unique_tracks_path}, {self.song_to_tracks_path}, "
             f"{self.kaggle_songs_path}",
             f"  ground truth styles: {self.styles_path}",
+            f"  ground truth scenes ({self.num_scenes:,} co-listening groups across styles): "
+            f"{self.scenes_path}",
         ]
         if self.num_users:
             lines.append(f"  listening: {self.num_users:,} users, {self.num_listens:,} triplets in "
-                         f"{self.triplets_path}; users in {self.kaggle_users_path}")
+                         f"{self.triplets_path}; users in {self.kaggle_users_path}; "
+                         f"{self.scene_listen_share:.0%} of listens from the users' scenes")
         else:
             lines.append("  listening: none (num_users = 0)")
         return "\n".join(lines)
@@ -1417,10 +1540,11 @@ def _existing_outputs(data_dir: str) -> list[str]:
 def synthesize(output_dir: str, num_songs: int, num_users: int = 0, seed: int = 0,
                num_styles: int = 12, songs_per_file: int = 1, workers: Optional[int] = None,
                progress: bool = True, overwrite: bool = False,
-               track_times: bool = False) -> SynthesisSummary:
+               track_times: bool = False, num_scenes: Optional[int] = None) -> SynthesisSummary:
     """Writes a synthetic MSD to ``output_dir``: HDF5 files below ``data/`` (one song per file in
     the ``data/A/B/C/TR….h5`` layout, or aggregate files), the catalogue side files, the
-    ground-truth ``styles.csv``, listening data for ``num_users`` users and ``synthesis.json``.
+    ground-truth ``styles.csv`` and ``scenes.csv``, listening data for ``num_users`` users and
+    ``synthesis.json``. ``num_scenes``: see ``build_catalogue`` (default one per 100 songs).
 
     Refuses to write into a ``data/`` that already holds .h5 files unless ``overwrite``, which
     first deletes those .h5 files (so no stale songs of an earlier run stay mixed in).
@@ -1438,7 +1562,8 @@ def synthesize(output_dir: str, num_songs: int, num_users: int = 0, seed: int = 
                               f"{existing[0]}; pass overwrite=True (--overwrite) to replace them")
     for path in existing:
         os.remove(path)
-    catalogue = build_catalogue(num_songs, seed=seed, num_styles=num_styles)
+    catalogue = build_catalogue(num_songs, seed=seed, num_styles=num_styles,
+                                num_scenes=num_scenes)
     paths, h5_bytes = write_song_files(catalogue, data_dir, songs_per_file=songs_per_file,
                                        workers=workers, progress=progress,
                                        track_times=track_times)
@@ -1454,7 +1579,8 @@ def synthesize(output_dir: str, num_songs: int, num_users: int = 0, seed: int = 
         kaggle_songs_path=side["kaggle_songs_path"], styles_path=side["styles_path"],
         manifest_path=manifest_path, triplets_path=side["triplets_path"],
         kaggle_users_path=side["kaggle_users_path"],
-        seconds=time.perf_counter() - started)
+        seconds=time.perf_counter() - started, num_scenes=catalogue.num_scenes,
+        scenes_path=side["scenes_path"], scene_listen_share=side["scene_listen_share"])
     # Paths relative to output_dir and no timing: the manifest is the same for every run of
     # one seed, like the data.
     manifest = {}
@@ -1476,6 +1602,11 @@ def read_styles(path: str) -> dict[str, int]:
         next(handle)
         return {track: int(style) for track, _, style in
                 (line.rstrip("\n").split(",") for line in handle if line.strip())}
+
+
+def read_scenes(path: str) -> dict[str, int]:
+    """Ground truth from ``scenes.csv``: track id → scene."""
+    return read_styles(path)  # the same layout: track_id,song_id,<label>
 
 
 def iter_song_timbres(paths: Iterable[str]) -> Iterator[tuple[str, np.ndarray]]:

@@ -1,5 +1,6 @@
 """``python -m pipelines.synthesize``: writes a synthetic Million Song Dataset (per-track HDF5
-files in the real schema and layout, Taste Profile listening data, ground-truth styles).
+files in the real schema and layout, Taste Profile listening data, ground-truth styles and
+co-listening scenes).
 
     python -m pipelines.synthesize --output_dir demo_data --num_songs 2000 --num_users 1000
     python -m pipelines.synthesize --output_dir agg --num_songs 20000 --songs_per_file 500
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m pipelines.synthesize",
         description="Write a synthetic Million Song Dataset: HDF5 files in the real MSD schema "
                     "below OUTPUT_DIR/data (data/A/B/C/TRABC….h5), Taste Profile triplets and "
-                    "side files, and styles.csv (the planted ground truth).")
+                    "side files, and styles.csv and scenes.csv (the planted ground truth).")
     parser.add_argument("--output_dir", required=True,
                         help="Folder to write into (created if missing).")
     parser.add_argument("--num_songs", required=True, type=_positive_int,
@@ -45,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Random seed; the same seed gives byte-identical files. Default: 0.")
     parser.add_argument("--num_styles", type=_positive_int, default=12,
                         help="Number of latent styles (timbre clusters users prefer). Default: 12.")
+    parser.add_argument("--num_scenes", type=_positive_int, default=None,
+                        help="Number of co-listening scenes (groups of songs across styles that "
+                             "users listen to together; scenes.csv). Default: one per 100 "
+                             "songs.")
     parser.add_argument("--songs_per_file", type=_positive_int, default=1,
                         help="1 (default): one file per track in the MSD folder layout. More: "
                              "aggregate files data/aggregate-NNNNN-of-MMMMM.h5 holding that "
@@ -67,7 +72,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         summary = synthetic.synthesize(
             args.output_dir, args.num_songs, num_users=args.num_users, seed=args.seed,
             num_styles=args.num_styles, songs_per_file=args.songs_per_file,
-            workers=args.workers, progress=not args.no_progress, overwrite=args.overwrite)
+            workers=args.workers, progress=not args.no_progress, overwrite=args.overwrite,
+            num_scenes=args.num_scenes)
     except (FileExistsError, ValueError) as error:
         print(f"synthesize: {error}", file=sys.stderr)
         return 2

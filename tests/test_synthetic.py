@@ -1,7 +1,8 @@
 """Tests of the synthetic MSD generator (msd/synthetic.py, pipelines/synthesize.py): the file
 schema against a real MSD file, determinism, layout, value ranges, aggregate-file indices, the
-planted styles and the listening data."""
+planted styles and scenes and the listening data."""
 import hashlib
+import json
 import os
 import pathlib
 import re
@@ -149,7 +150,10 @@ def test_same_seed_gives_identical_files_whatever_the_workers(single_song_set, t
                                  workers=2, progress=False)
     assert again.h5_paths == [p.replace(single_song_set.output_dir, again.output_dir)
                               for p in single_song_set.h5_paths]
-    assert _file_digests(again.output_dir) == _file_digests(single_song_set.output_dir)
+    digests = _file_digests(again.output_dir)
+    assert {synthetic.SCENES_FILENAME, synthetic.TRIPLETS_FILENAME,
+            synthetic.MANIFEST_FILENAME} <= set(digests)
+    assert digests == _file_digests(single_song_set.output_dir)
 
 
 def test_another_seed_gives_other_data(single_song_set, tmp_path):
@@ -390,6 +394,9 @@ def test_history_lengths_are_long_tailed_and_users_stick_to_few_styles(tmp_path)
     catalogue = synthetic.build_catalogue(5000, seed=5)
     written = synthetic.write_listening_files(catalogue, str(tmp_path), num_users=1000)
     style_of_song = dict(zip(catalogue.song_ids, catalogue.style))
+    scene_of_song = dict(zip(catalogue.song_ids, catalogue.scene))
+    scenes_of_user = {history.user_id: set(history.scenes.tolist())
+                      for history in synthetic.iter_user_histories(catalogue, 1000)}
     histories: dict[str, list[tuple[str, int]]] = {}
     with open(written["triplets_path"], encoding="ascii") as handle:
         for line in handle:
@@ -407,13 +414,21 @@ def test_history_lengths_are_long_tailed_and_users_stick_to_few_styles(tmp_path)
     assert play_counts.min() >= 1 and 0.5 < np.mean(play_counts == 1) < 0.85
     assert play_counts.max() >= 50
 
-    top3_shares = []
-    for history in histories.values():
-        counts = np.bincount([style_of_song[song] for song, _ in history],
-                             minlength=catalogue.styles.num_styles)
-        top3_shares.append(np.sort(counts)[::-1][:3].sum() / counts.sum())
+    # Outside their scenes (which cut across styles), users stick to 1–3 styles; 30–50 % of
+    # their songs come from their scenes.
+    top3_shares, scene_shares = [], []
+    for user, history in histories.items():
+        in_scene = np.array([scene_of_song[song] in scenes_of_user[user] for song, _ in history])
+        scene_shares.append(in_scene.mean())
+        counts = np.bincount([style_of_song[song] for (song, _), inside in zip(history, in_scene)
+                              if not inside], minlength=catalogue.styles.num_styles)
+        top3_shares.append(np.sort(counts)[::-1][:3].sum() / max(counts.sum(), 1))
     assert np.median(top3_shares) >= 0.85
     assert np.mean(np.array(top3_shares) >= 0.7) > 0.8
+    assert 0.3 <= np.mean(scene_shares) <= 0.5, np.mean(scene_shares)
+    listens_in_scenes = sum(share * len(history) for share, history
+                            in zip(scene_shares, histories.values())) / lengths.sum()
+    assert 0.3 <= listens_in_scenes <= 0.5, listens_in_scenes
 
     # Skewed popularity: the 5 % most listened songs get far more than 5 % of the listens.
     song_index = {song: index for index, song in enumerate(catalogue.song_ids)}
@@ -432,6 +447,129 @@ def test_history_lengths_never_exceed_a_small_catalogue(tmp_path):
         per_user[user] = per_user.get(user, 0) + 1
     assert max(per_user.values()) <= 25
     assert min(per_user.values()) >= 10
+
+
+# ---------------------------------------------------------------------------------------------
+# Planted scenes: co-listening across styles, invisible to the timbre
+# ---------------------------------------------------------------------------------------------
+
+def _cramers_v(a: np.ndarray, b: np.ndarray) -> float:
+    table = np.zeros((a.max() + 1, b.max() + 1))
+    np.add.at(table, (a, b), 1)
+    table = table[table.sum(axis=1) > 0][:, table.sum(axis=0) > 0]
+    expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0, keepdims=True) / table.sum()
+    chi2 = ((table - expected) ** 2 / expected).sum()
+    return float(np.sqrt(chi2 / table.sum() / (min(table.shape) - 1)))
+
+
+@pytest.fixture(scope="module")
+def scene_listens():
+    """2,000 songs (20 scenes, 12 styles), 3,000 users: the user × song matrix of the users
+    with at most 100 songs (the few users with thousands of songs co-listen almost every pair
+    and say nothing about any)."""
+    catalogue = synthetic.build_catalogue(2000, seed=5)
+    histories = list(synthetic.iter_user_histories(catalogue, 3000))
+    light = [history for history in histories if len(history.songs) <= 100]
+    matrix = np.zeros((len(light), len(catalogue)), dtype=np.float32)
+    for row, history in enumerate(light):
+        matrix[row, history.songs] = 1.0
+    return catalogue, histories, matrix
+
+
+def test_scenes_cut_across_styles_and_are_not_in_the_catalogue_features(scene_listens):
+    catalogue, _, _ = scene_listens
+    assert catalogue.num_scenes == synthetic.default_num_scenes(2000) == 20
+    sizes = np.bincount(catalogue.scene, minlength=catalogue.num_scenes)
+    assert sizes.sum() == len(catalogue) and sizes.min() > 0
+    for scene in range(catalogue.num_scenes):  # every scene mixes many styles
+        styles = catalogue.style[catalogue.scene == scene]
+        assert len(np.unique(styles)) >= min(5, len(styles)), (scene, np.bincount(styles))
+    # Scene and style are independent (Cramér's V ≈ 0.1 is the sampling noise of 2,000 songs;
+    # 1 would be a scene made of one style).
+    assert _cramers_v(catalogue.scene, catalogue.style) < 0.15
+    # Scenes come from their own stream: every other decision of the catalogue (and so every
+    # HDF5 file) is the same whatever the number of scenes.
+    other = synthetic.build_catalogue(2000, seed=5, num_scenes=7)
+    assert other.num_scenes == 7 and set(other.scene.tolist()) <= set(range(7))
+    assert other.track_ids == catalogue.track_ids and other.titles == catalogue.titles
+    np.testing.assert_array_equal(other.style, catalogue.style)
+    np.testing.assert_array_equal(other.num_segments, catalogue.num_segments)
+    with pytest.raises(ValueError):
+        synthetic.build_catalogue(10, seed=5, num_scenes=0)
+
+
+def test_songs_of_one_scene_are_co_listened_across_styles(scene_listens):
+    """The planted co-listening is not a style effect: pairs of songs of one scene but of
+    different styles share listeners far more often than pairs of different scenes and
+    different styles of the same popularity, and about as often as pairs of one style."""
+    catalogue, _, matrix = scene_listens
+    assert len(matrix) > 2000
+    co_listeners = matrix.T @ matrix
+    listeners = np.diag(co_listeners).copy()
+    upper = np.triu_indices(len(catalogue), 1)
+    counts = co_listeners[upper]
+    same_scene = (catalogue.scene[:, None] == catalogue.scene[None, :])[upper]
+    same_style = (catalogue.style[:, None] == catalogue.style[None, :])[upper]
+    # Popularity strata: quartiles of the songs' listener counts, a stratum per pair of them.
+    quartile = np.searchsorted(np.quantile(listeners, [0.25, 0.5, 0.75]), listeners,
+                               side="right")
+    low, high = np.minimum(quartile[upper[0]], quartile[upper[1]]), np.maximum(
+        quartile[upper[0]], quartile[upper[1]])
+    ratios = []
+    for stratum_low in range(4):
+        for stratum_high in range(stratum_low, 4):
+            stratum = (low == stratum_low) & (high == stratum_high)
+            scene_pairs = counts[stratum & same_scene & ~same_style]
+            other_pairs = counts[stratum & ~same_scene & ~same_style]
+            assert len(scene_pairs) > 500 and len(other_pairs) > 10_000
+            ratios.append(scene_pairs.mean() / other_pairs.mean())
+            # far more pairs of a scene are co-listened at all
+            assert np.mean(scene_pairs > 0) > np.mean(other_pairs > 0), (stratum_low,
+                                                                         stratum_high)
+    assert min(ratios) > 2.0, ratios
+    across = counts[same_scene & ~same_style].mean()
+    unrelated = counts[~same_scene & ~same_style].mean()
+    one_style = counts[~same_scene & same_style].mean()
+    assert across > 3.0 * unrelated, (across, unrelated)
+    assert 0.5 * one_style < across < 2.0 * one_style, (across, one_style)
+
+    # The control: scene labels shuffled within each style (the same styles and popularity,
+    # no co-listening planted) show no such effect.
+    rng = np.random.default_rng(0)
+    fake = catalogue.scene.copy()
+    for style in np.unique(catalogue.style):
+        songs = np.flatnonzero(catalogue.style == style)
+        fake[songs] = fake[rng.permutation(songs)]
+    fake_same = (fake[:, None] == fake[None, :])[upper]
+    ratio = (counts[fake_same & ~same_style].mean() / counts[~fake_same & ~same_style].mean())
+    assert 0.8 < ratio < 1.25, ratio
+
+
+def test_user_histories_are_deterministic_and_keyed_by_user(scene_listens):
+    catalogue, histories, _ = scene_listens
+    again = list(synthetic.iter_user_histories(catalogue, 50))
+    for first, second in zip(histories[:50], again):
+        assert first.user_id == second.user_id
+        for name in ("songs", "play_counts", "favourite_styles", "scenes"):
+            np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
+    scene_counts = [len(history.scenes) for history in histories]
+    assert set(scene_counts) == set(synthetic.USER_SCENE_COUNTS)
+    assert all(len(set(history.scenes.tolist())) == len(history.scenes) for history in histories)
+
+
+def test_scene_files_and_manifest(single_song_set):
+    summary = single_song_set
+    lines = pathlib.Path(summary.scenes_path).read_text(encoding="ascii").splitlines()
+    assert lines[0] == "track_id,song_id,scene"
+    scenes = synthetic.read_scenes(summary.scenes_path)
+    assert list(scenes) == list(synthetic.read_styles(summary.styles_path))
+    assert summary.num_scenes == synthetic.default_num_scenes(60) == 1
+    assert set(scenes.values()) == {0}
+    manifest = json.loads(pathlib.Path(summary.manifest_path).read_text())
+    assert manifest["num_scenes"] == 1 and manifest["scenes_path"] == synthetic.SCENES_FILENAME
+    assert manifest["scene_share_beta"] == list(synthetic.SCENE_SHARE_BETA)
+    assert 0.0 < manifest["scene_listen_share"] <= 1.0
+    assert "seconds" not in manifest
 
 
 def test_user_ids_are_deterministic_hex():
@@ -455,6 +593,19 @@ def test_command_line_writes_and_summarises(tmp_path, capsys):
     assert synthesize_cli.main(argv) == 2  # refuses to mix runs
     assert "overwrite" in capsys.readouterr().err
     assert synthesize_cli.main(argv + ["--overwrite"]) == 0
+
+
+def test_command_line_sets_the_number_of_scenes(tmp_path, capsys):
+    out = tmp_path / "cli_scenes"
+    assert synthesize_cli.main(["--output_dir", str(out), "--num_songs", "30", "--num_users",
+                                "20", "--num_scenes", "3", "--workers", "1",
+                                "--no_progress"]) == 0
+    assert "3 co-listening groups" in capsys.readouterr().out
+    manifest = json.loads((out / synthetic.MANIFEST_FILENAME).read_text())
+    assert manifest["num_scenes"] == 3
+    assert set(synthetic.read_scenes(str(out / synthetic.SCENES_FILENAME)).values()) <= {0, 1, 2}
+    with pytest.raises(SystemExit):
+        synthesize_cli.main(["--output_dir", str(out), "--num_songs", "3", "--num_scenes", "0"])
 
 
 def test_command_line_rejects_bad_numbers(capsys):
