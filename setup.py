@@ -16,6 +16,8 @@ INSTALL_REQUIRES = [
     "pyarrow==25.0.1",
     "pyyaml==6.0.3",
     "tqdm==4.70.1",
+    "scipy==1.17.1",
+    "implicit==0.7.3",
 ]
 
 EXTRAS_REQUIRE = {

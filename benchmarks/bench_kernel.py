@@ -38,11 +38,9 @@ allocations.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import pathlib
-import platform
 import resource
 import statistics
 import subprocess
@@ -55,6 +53,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks import machine  # noqa: E402
 from recommend.kernel import CatalogueScorer, pack_histories  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "kernel.json"
@@ -69,24 +68,8 @@ BATCH = 256
 
 
 def machine_info() -> dict:
-    model = platform.processor() or ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {
-        "cpu_model": model,
-        "cpu_cores": os.cpu_count(),
-        "tensorflow": tf.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "tf_gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    info = machine.machine_info(tensorflow=tf.__version__,
+                                tf_gpus=[d.name for d in tf.config.list_physical_devices("GPU")])
     try:
         import faiss
 
@@ -94,19 +77,10 @@ def machine_info() -> dict:
         info["faiss_threads"] = faiss.omp_get_max_threads()
     except ImportError:  # pragma: no cover
         info["faiss"] = None
-    try:
-        with open("/proc/meminfo") as fh:
-            info["mem_total_gb"] = round(int(fh.readline().split()[1]) / 2**20, 1)
-    except OSError:
-        pass
     return info
 
 
-def loadavg():
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:  # pragma: no cover
-        return None
+loadavg = machine.loadavg
 
 
 class RssPeak:

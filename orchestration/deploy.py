@@ -28,6 +28,10 @@ CLOUDBUILD_CONFIG = REPO / "orchestration" / "cloudbuild.yaml"
 TEMPLATE_DIR = REPO / "templates"
 # The named queries the workflow runs (files in recommend/queries/).
 WORKFLOW_QUERIES = ("data_quality", "run_over_run")
+# The script that publishes a run's staging table (transforms.write_recommendations), rendered
+# beside them with "{{run_day}}" (YYYYMMDD) in the staging table's name for the workflow to fill.
+PUBLISH_SCRIPT = "publish"
+RUN_DAY_TOKEN = "{{run_day}}"
 # Template parameters the workflow sets for each day itself.
 PER_DAY_PARAMETERS = ("run_date", "report_dir")
 IMAGE_NAMES = {"features_template": "msd-features-template",
@@ -97,6 +101,9 @@ def check_settings(settings: dict) -> None:
             if not re.search(regex, value):
                 raise SettingsError(f"job_parameters.{name}={value!r} fails the template's "
                                     f"validation {regex}")
+    if given.get("model_dir") and not given.get("model"):
+        raise SettingsError("job_parameters.model is required with model_dir: the workflow "
+                            "checks and publishes the (run_date, model) partition by name")
     output = _BQ_OUTPUT.match(given["output"])
     bigquery = settings["bigquery"]
     if not output or (output["project"], output["dataset"], output["table"]) != (
@@ -148,6 +155,8 @@ def workflow_config(settings: dict) -> dict:
         "template_spec": settings["template_specs"]["recommend"],
         # Flex Template parameters are strings.
         "job_parameters": {name: str(value) for name, value in settings["job_parameters"].items()},
+        # The partition the runs write: the content model's default name unless set.
+        "model": str(settings["job_parameters"].get("model") or "timbre_cosine"),
         "environment": settings["environment"],
         "time_zone": settings["schedule"]["time_zone"],
         "job_name_prefix": settings["job_name_prefix"],
@@ -182,6 +191,13 @@ def render_queries(settings: dict) -> dict[str, str]:
         refs = query_lib.bigquery_table_refs(query, settings["project"], bigquery["dataset"],
                                              tables)
         rendered[name] = query_lib.render_sql(query, refs)
+    from transforms import write_recommendations as writers
+
+    table = writers.BigQueryTable(settings["project"], bigquery["dataset"],
+                                  bigquery["recommendations_table"])
+    model = workflow_config(settings)["model"]
+    rendered[PUBLISH_SCRIPT] = writers.bigquery_publish_script(
+        table, table.staging_for_day(RUN_DAY_TOKEN, model))
     return rendered
 
 
@@ -207,7 +223,7 @@ def deploy_commands(settings: dict, build_dir: pathlib.Path, skip_build: bool = 
                          f"--image={settings['images'][image_key]}", "--sdk-language=PYTHON",
                          f"--metadata-file=templates/{job}/metadata.json"])
     queries_url = f"gs://{settings['queries_bucket']}/{settings['queries_prefix'].strip('/')}"
-    for name in WORKFLOW_QUERIES:
+    for name in WORKFLOW_QUERIES + (PUBLISH_SCRIPT,):
         commands.append(["gcloud", "storage", "cp", "--content-type=text/plain",
                          str(build_dir / "queries" / f"{name}.sql"), f"{queries_url}/{name}.sql"])
     commands.append(["gcloud", "workflows", "deploy", schedule["workflow"], f"--project={project}",

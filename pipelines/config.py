@@ -67,6 +67,56 @@ class OutputOptions(PipelineOptions):
                             help="Shards per file output (0: let the runner decide).")
 
 
+def add_shared_argument(parser: argparse.ArgumentParser, flag: str, **kwargs) -> None:
+    """Adds a flag several jobs define, unless another options class added it already: Beam
+    registers every options class in one parser, and argparse refuses a flag twice. Jobs that
+    share a flag share its one definition (``LISTENING_FLAGS``)."""
+    if flag not in parser._option_string_actions:  # pylint: disable=protected-access
+        parser.add_argument(flag, **kwargs)
+
+
+def add_listening_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of the jobs that read listening data (recommend, train)."""
+    from msd import listening
+
+    add_shared_argument(
+        parser, "--listens", action="append", default=None,
+        help="Listening files: Taste Profile triplets user<TAB>song<TAB>count or CSV "
+             "user_id,song_id,listen_count. Repeat for several.")
+    add_shared_argument(
+        parser, "--features", default=None,
+        help="The feature pipeline's --output_dir, or a pattern of its TFRecord (*.tfrecord.gz) "
+             "or CSV (*.csv) shards; local or gs://. recommend: the content model's catalogue "
+             "(with --model_dir: where track ids come from); train: only its songs are used.")
+    add_shared_argument(
+        parser, "--song_to_tracks", default=None,
+        help="taste_profile_song_to_tracks.txt; without it songs are joined on the song_id "
+             "carried in the features.")
+    add_shared_argument(parser, "--mismatches", default=None,
+                        help="sid_mismatches.txt: song–track pairs to drop.")
+    add_shared_argument(
+        parser, "--max_play_count", type=int, default=listening.DEFAULT_MAX_PLAY_COUNT,
+        help="Listens with a larger play count are rejected as corrupt.")
+    add_shared_argument(
+        parser, "--model", default=None,
+        help="recommend: the model name recorded with every row and naming the partition "
+             "(default: timbre_cosine for --features, the model's kind for --model_dir); "
+             "train: the model to train (itemcf).")
+
+
+def add_output_dir_argument(parser: argparse.ArgumentParser) -> None:
+    add_shared_argument(parser, "--output_dir",
+                        help="Where the job writes (local or gs://): features: every output; "
+                             "train: the model directory.")
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    add_shared_argument(
+        parser, "--overwrite", nargs="?", const=True, default=False, type=flag_value,
+        help="Replace the outputs of an earlier run in --output_dir (--overwrite or "
+             "--overwrite=true).")
+
+
 def flag_value(text: str) -> bool:
     """A boolean flag's value: ``--flag`` alone, ``--flag=true`` or ``--flag=false`` (Flex
     Template launchers always pass name=value)."""

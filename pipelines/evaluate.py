@@ -52,9 +52,6 @@ from recommend import metrics
 
 DEFAULT_BLEND = "0.1,0.3,0.5,0.7,0.9"
 DEFAULT_BLEND_CANDIDATES = 2000
-# The recommendation job marks rows served by its popularity fallback in ``model``
-# (transforms/scoring.py: "<model>:popularity_fallback").
-FALLBACK_MARKER = "fallback"
 HISTORY_BUCKETS = ((0, 0), (1, 4), (5, 9), (10, 19), (20, 49), (50, 99), (100, None))
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
@@ -193,15 +190,19 @@ class RecommendationSet:
     model_of_user: dict[str, str]
     history_size: dict[str, int]
     run_date: Optional[str] = None
+    # Users the job served by its popularity fallback (popularity_filled = the list's length).
+    fallback_users: set = dataclasses.field(default_factory=set)
+    model: Optional[str] = None  # the partition's model, when the rows do not carry it
     entries_dropped: int = 0  # repeated songs and entries without a song id
     rows_dropped: int = 0     # repeated users
 
 
 def recommendation_set_from_arrow(table: Any, songs: SongCodes, source: str,
-                                  run_date: Optional[str]) -> RecommendationSet:
+                                  run_date: Optional[str], model: Optional[str] = None
+                                  ) -> RecommendationSet:
     """Rows of the output schema (user_id, model, history_size, recommendations) → lists in rank
     order, song ids as codes; repeated songs keep their best rank, a repeated user its first row."""
-    result = RecommendationSet(source, {}, {}, {}, {}, run_date=run_date)
+    result = RecommendationSet(source, {}, {}, {}, {}, run_date=run_date, model=model)
     for batch in table.to_batches(max_chunksize=PARQUET_BATCH_ROWS):
         add_recommendation_rows(result, batch, songs)
     return result
@@ -215,7 +216,8 @@ def add_recommendation_rows(result: RecommendationSet, table: Any, songs: SongCo
 
     source = result.source
 
-    for column in ("user_id", "model", "history_size", "recommendations"):
+    for column in ("user_id", "history_size", "recommendations") + (
+            () if result.model else ("model",)):
         if column not in table.column_names:
             raise EvaluationError(f"{source}: no column {column!r} (columns: "
                                   f"{', '.join(table.column_names)})")
@@ -258,8 +260,11 @@ def add_recommendation_rows(result: RecommendationSet, table: Any, songs: SongCo
             scores[start:stop] = scores[start:stop][order]
     del ranks
     user_ids = table.column("user_id").to_pylist()
-    models = table.column("model").to_pylist()
+    models = (table.column("model").to_pylist() if "model" in table.column_names
+              else [result.model] * len(user_ids))
     history_sizes = table.column("history_size").to_pylist()
+    filled = (table.column("popularity_filled").to_pylist()
+              if "popularity_filled" in table.column_names else [0] * len(user_ids))
     for row, user_id in enumerate(user_ids):
         if user_id in result.lists:
             result.rows_dropped += 1
@@ -279,6 +284,8 @@ def add_recommendation_rows(result: RecommendationSet, table: Any, songs: SongCo
         if result.scores is not None:
             result.scores[user_id] = scores[start:stop][keep][positions]
         result.model_of_user[user_id] = models[row] or ""
+        if filled[row] and filled[row] >= stop - start:
+            result.fallback_users.add(user_id)
         if history_sizes[row] is not None:
             result.history_size[user_id] = int(history_sizes[row])
 
@@ -296,17 +303,35 @@ def _run_folders(root: pathlib.Path) -> dict[str, pathlib.Path]:
     return folders
 
 
-def read_parquet_recommendations(directory: str, run_date: Optional[str], songs: SongCodes
-                                 ) -> RecommendationSet:
-    """One run of the job's local output (``DIR/run_date=YYYY-MM-DD/*.parquet``; the latest run
-    unless ``run_date`` is given). ``DIR`` may also be a run_date= folder itself."""
+def _model_folder(run_folder: pathlib.Path, model: Optional[str]) -> pathlib.Path:
+    """The ``model=NAME`` partition of a run folder: ``model``, or the only one there is."""
+    names = sorted(p.name[len("model="):] for p in run_folder.glob("model=*") if p.is_dir())
+    if model is None:
+        if len(names) != 1:
+            raise EvaluationError(f"{run_folder} holds the models {', '.join(names) or 'none'}: "
+                                  "pick one with --model")
+        model = names[0]
+    if model not in names:
+        raise EvaluationError(f"--model {model}: no such model in {run_folder} (models: "
+                              f"{', '.join(names) or 'none'})")
+    return run_folder / f"model={model}"
+
+
+def read_parquet_recommendations(directory: str, run_date: Optional[str], songs: SongCodes,
+                                 model: Optional[str] = None) -> RecommendationSet:
+    """One run of one model in the job's local output
+    (``DIR/run_date=YYYY-MM-DD/model=NAME/*.parquet``; the latest run unless ``run_date`` is
+    given, the only model unless ``model`` is). ``DIR`` may also be a run_date= or model=
+    folder itself."""
     import pyarrow.parquet as pq
 
     root = pathlib.Path(directory)
     if not root.is_dir():
         raise EvaluationError(f"--recommendations {directory}: no such folder")
-    if root.name.startswith("run_date="):
-        folder, run_date = root, root.name[len("run_date="):]
+    if root.name.startswith("model=") and root.parent.name.startswith("run_date="):
+        folder, run_date = root, root.parent.name[len("run_date="):]
+    elif root.name.startswith("run_date="):
+        folder, run_date = _model_folder(root, model), root.name[len("run_date="):]
     else:
         runs = _run_folders(root)
         if not runs:
@@ -317,17 +342,19 @@ def read_parquet_recommendations(directory: str, run_date: Optional[str], songs:
         if run_date not in runs:
             raise EvaluationError(f"--run_date {run_date}: no such run in {directory} (runs: "
                                   f"{', '.join(sorted(runs))})")
-        folder = runs[run_date]
+        folder = _model_folder(runs[run_date], model)
     files = sorted(str(path) for path in folder.glob("*.parquet"))
     if not files:
         raise EvaluationError(f"{folder}: no Parquet files")
-    result = RecommendationSet(str(folder), {}, {}, {}, {}, run_date=run_date)
+    result = RecommendationSet(str(folder), {}, {}, {}, {}, run_date=run_date,
+                               model=folder.name[len("model="):])
     for path in files:
         try:
             parquet = pq.ParquetFile(path)
             # Only the leaves the evaluation uses: track ids are half of the bytes.
             paths = [parquet.schema.column(i).path for i in range(len(parquet.schema))]
-            columns = [p for p in paths if p in ("user_id", "model", "history_size") or (
+            columns = [p for p in paths if p in ("user_id", "model", "history_size",
+                                                 "popularity_filled") or (
                 p.startswith("recommendations.") and p.rsplit(".", 1)[-1] in (
                     "rank", "song_id", "score"))]
             batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns)
@@ -341,15 +368,15 @@ def read_parquet_recommendations(directory: str, run_date: Optional[str], songs:
 
 
 BIGQUERY_RECOMMENDATIONS_SQL = """
-SELECT user_id, model, history_size, recommendations
+SELECT user_id, model, history_size, popularity_filled, recommendations
 FROM `{table}`
-WHERE run_date = @run_date
+WHERE run_date = @run_date AND model = @model
 """
 
 
-def bigquery_recommendations_job(table: str, run_date: str) -> tuple[str, Any]:
-    """The SQL and job configuration that read one run from BigQuery (the table name is checked
-    against BigQuery's naming rules; the date travels as a query parameter)."""
+def bigquery_recommendations_job(table: str, run_date: str, model: str) -> tuple[str, Any]:
+    """The SQL and job configuration that read one run of one model from BigQuery (the table
+    name is checked against BigQuery's naming rules; date and model travel as parameters)."""
     from google.cloud import bigquery
     from transforms.write_recommendations import parse_bigquery_table
 
@@ -361,18 +388,21 @@ def bigquery_recommendations_job(table: str, run_date: str) -> tuple[str, Any]:
     sql = BIGQUERY_RECOMMENDATIONS_SQL.format(
         table=f"{parsed.project.replace(':', '.')}.{parsed.dataset}.{parsed.table}")
     config = bigquery.QueryJobConfig(
-        query_parameters=[bigquery.ScalarQueryParameter("run_date", "DATE", date)],
+        query_parameters=[bigquery.ScalarQueryParameter("run_date", "DATE", date),
+                          bigquery.ScalarQueryParameter("model", "STRING", model)],
         use_legacy_sql=False)
     return sql, config
 
 
 def read_bigquery_recommendations(table: str, run_date: Optional[str], songs: SongCodes,
-                                  client: Any = None) -> RecommendationSet:
-    """One run of the BigQuery table (``bq://PROJECT.DATASET.TABLE`` or
+                                  client: Any = None, model: Optional[str] = None
+                                  ) -> RecommendationSet:
+    """One run of one model of the BigQuery table (``bq://PROJECT.DATASET.TABLE`` or
     ``PROJECT:DATASET.TABLE``)."""
-    if not run_date:
-        raise EvaluationError("--recommendations from BigQuery needs --run_date YYYY-MM-DD")
-    sql, config = bigquery_recommendations_job(table, run_date)
+    if not run_date or not model:
+        raise EvaluationError("--recommendations from BigQuery needs --run_date YYYY-MM-DD and "
+                              "--model NAME")
+    sql, config = bigquery_recommendations_job(table, run_date, model)
     if client is None:
         from google.auth import exceptions as auth_exceptions
         from google.cloud import bigquery
@@ -386,7 +416,7 @@ def read_bigquery_recommendations(table: str, run_date: Optional[str], songs: So
         arrow_table = client.query(sql, job_config=config).result().to_arrow()
     except api_exceptions.GoogleAPIError as error:
         raise EvaluationError(f"BigQuery: {getattr(error, 'message', error)}") from error
-    return recommendation_set_from_arrow(arrow_table, songs, table, run_date)
+    return recommendation_set_from_arrow(arrow_table, songs, table, run_date, model)
 
 
 def read_kaggle_submission(path: str, kaggle_users: str, kaggle_songs: str, songs: SongCodes
@@ -450,11 +480,15 @@ def listener_counts(visible: Listens, num_songs: int) -> np.ndarray:
 
 
 def popularity_ranking(popularity: np.ndarray, songs: SongCodes) -> np.ndarray:
-    """Song codes with at least one listener, most listeners first, ties by song id."""
+    """Song codes with at least one listener, most listeners first, ties by song id: the
+    product's one popularity rule (``recommend.models.popularity.popularity_order``) applied to
+    the songs in id order."""
+    from recommend.models.popularity import popularity_order
+
     listened = np.flatnonzero(popularity > 0)
-    song_ids = np.array([songs.ids[code] for code in listened], dtype=object)
-    order = np.lexsort((song_ids, -popularity[listened]))
-    return listened[order]
+    by_id = listened[np.argsort(np.array([songs.ids[code] for code in listened], dtype=object),
+                                kind="stable")]
+    return by_id[popularity_order(popularity[by_id])]
 
 
 def without_own(candidates: np.ndarray, own: Iterable[int],
@@ -511,60 +545,52 @@ def log_popularity_z(popularity: np.ndarray, catalogue: np.ndarray) -> np.ndarra
 
 
 @dataclasses.dataclass
-class KernelCatalogue:
-    """The feature catalogue, as the evaluation needs it: song codes and the job's scorer."""
-    song_codes: np.ndarray       # per catalogue row
-    track_ids: np.ndarray        # per catalogue row
-    track_of_song: dict[int, str]  # song code → the track standing for it (lowest track id)
-    recommender: Any             # recommend.model.CatalogueRecommender
+class ModelCatalogue:
+    """A model as the evaluation needs it: the song code of each catalogue row, and the model
+    (``recommend.models.Recommender``: the evaluation knows nothing else of it)."""
+    song_codes: np.ndarray  # per catalogue row
+    model: Any
 
 
-def load_kernel_catalogue(features: str, songs: SongCodes) -> KernelCatalogue:
+def load_model_catalogue(source: Any, songs: SongCodes, flag: str) -> ModelCatalogue:
+    """``source``: a ``recommend.models.ModelSource`` (a model directory, or the features of
+    the content model)."""
     from recommend import catalogue as catalogue_lib
-    from recommend.model import CatalogueRecommender
+    from recommend import models
 
     try:
-        catalogue = catalogue_lib.load_catalogue(features)
-    except catalogue_lib.CatalogueError as error:
-        raise EvaluationError(f"--features {features}: {error}") from error
-    codes = songs.codes(catalogue.song_ids)
-    track_of_song = {int(codes[row]): catalogue.track_ids[row]
-                     for row in catalogue.rows_of_song().values()}
-    return KernelCatalogue(codes, catalogue.track_ids, track_of_song,
-                           CatalogueRecommender(catalogue))
+        model = source.load()
+    except (catalogue_lib.CatalogueError, models.ModelError) as error:
+        raise EvaluationError(f"{flag}: {error}") from error
+    return ModelCatalogue(songs.codes(model.song_ids.tolist()), model)
 
 
-def kernel_candidates(kernel: KernelCatalogue, users: Sequence[str], visible: Listens,
-                      candidates: int, minimum: int, weighting: str, batch_size: int = 256
-                      ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per user the kernel's top ``candidates`` (song codes, content scores), best first, from
-    the visible songs that are in the catalogue, exactly as the batch job scores them. Users
-    with no catalogue song, or fewer than ``minimum`` unlistened songs, are left out (the job
+def model_candidates(catalogue: ModelCatalogue, users: Sequence[str], visible: Listens,
+                     candidates: int, minimum: int, batch_size: int = 256
+                     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per user the model's top ``candidates`` (song codes, scores), best first, from the
+    visible songs that are in its catalogue, exactly as the batch job scores them. Users with
+    no catalogue song, or fewer than ``minimum`` unlistened songs, are left out (the job
     serves them by its fallback or rejects them)."""
-    num_songs = len(kernel.song_codes)
+    num_songs = len(catalogue.song_codes)
+    row_of_code = {int(code): row for row, code in enumerate(catalogue.song_codes.tolist())}
     histories = []
     for user_id in users:
         own = visible.get(user_id, {})
-        tracks = [(kernel.track_of_song[code], count) for code, count in own.items()
-                  if code in kernel.track_of_song]
-        if tracks and num_songs - len(tracks) >= max(1, minimum):
-            histories.append((len(tracks), user_id, tracks))
+        rows = sorted((row_of_code[code], count) for code, count in own.items()
+                      if code in row_of_code)
+        if rows and num_songs - len(rows) >= max(1, minimum):
+            histories.append((len(rows), user_id, rows))
     histories.sort()
     result: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    row_of_track = {track: row for row, track in enumerate(kernel.track_ids)}
     for start in range(0, len(histories), batch_size):
         batch = histories[start:start + batch_size]
         k = min(candidates, num_songs - batch[-1][0])  # sorted: the last has the most songs
-        lists = kernel.recommender.recommend([[t for t, _ in tracks] for _, _, tracks in batch],
-                                             [[c for _, c in tracks] for _, _, tracks in batch],
-                                             k, weighting)
-        for (_, user_id, _), recommended in zip(batch, lists):
-            rows = np.fromiter((row_of_track[track] for track, _, _ in recommended), np.int64)
-            scores = np.fromiter((score for _, _, score in recommended), np.float64)
-            codes = kernel.song_codes[rows]
-            _, first = np.unique(codes, return_index=True)
-            keep = np.sort(first)
-            result[user_id] = (codes[keep], scores[keep])
+        ranked = catalogue.model.recommend(
+            [np.array([r for r, _ in rows], np.int64) for _, _, rows in batch],
+            [np.array([c for _, c in rows], np.int64) for _, _, rows in batch], k)
+        for index, (_, user_id, _) in enumerate(batch):
+            result[user_id] = (catalogue.song_codes[ranked.rows[index]], ranked.scores[index])
     return result
 
 
@@ -747,7 +773,8 @@ def run_evaluation(args: argparse.Namespace, log=print) -> Optional[dict[str, An
             write_triplets(hidden, songs, split_dir / "hidden.txt")
             inputs["split_written_to"] = str(split_dir)
             log(f"evaluate: wrote {split_dir / 'visible.txt'} and {split_dir / 'hidden.txt'}")
-            if not (args.recommendations or args.submission or args.features):
+            if not (args.recommendations or args.submission or args.features
+                    or args.model_dir):
                 return None  # only the split was asked for
     else:
         visible, visible_stats = read_listens_file(args.visible, songs, "--visible")
@@ -774,14 +801,26 @@ def run_evaluation(args: argparse.Namespace, log=print) -> Optional[dict[str, An
         from transforms.write_recommendations import looks_like_bigquery
         if looks_like_bigquery(args.recommendations):
             recommendations = read_bigquery_recommendations(args.recommendations, args.run_date,
-                                                            songs)
+                                                            songs, model=args.model)
         else:
             recommendations = read_parquet_recommendations(args.recommendations, args.run_date,
-                                                           songs)
+                                                           songs, args.model)
     elif args.submission:
         recommendations = read_kaggle_submission(args.submission, args.kaggle_users,
                                                  args.kaggle_songs, songs)
-    kernel = load_kernel_catalogue(args.features, songs) if args.features else None
+    from recommend.models import ModelSource
+
+    kernel = (load_model_catalogue(ModelSource(features=args.features, weighting=args.weighting),
+                                   songs, f"--features {args.features}")
+              if args.features else None)
+    trained = {}
+    for model_dir in args.model_dir or []:
+        catalogue_ = load_model_catalogue(ModelSource(model_dir=model_dir), songs,
+                                          f"--model_dir {model_dir}")
+        name = catalogue_.model.kind
+        if name in trained or name in ("content", "popularity", "random"):
+            name = f"{name}_{len(trained) + 1}"
+        trained[name] = (model_dir, catalogue_)
 
     # 3. The catalogue (coverage denominator, random model).
     if kernel is not None:
@@ -826,10 +865,10 @@ def run_evaluation(args: argparse.Namespace, log=print) -> Optional[dict[str, An
         wanted = max(args.blend_candidates, list_length)
         log(f"evaluate: scoring {len(truth.users):,} users over {len(kernel.song_codes):,} "
             f"songs with the kernel (top {wanted:,})")
-        candidates = kernel_candidates(kernel, truth.users, visible, wanted, list_length,
-                                       args.weighting)
+        candidates = model_candidates(kernel, truth.users, visible, wanted, list_length)
 
     # 5. Every model's lists, in truth.users order.
+    has_content = recommendations is not None or kernel is not None
     scratch = np.zeros(len(songs), dtype=bool)
     fallback_lists = [popularity_list(ranking, visible.get(user, {}), list_length, scratch)
                       for user in truth.users]
@@ -839,8 +878,7 @@ def run_evaluation(args: argparse.Namespace, log=print) -> Optional[dict[str, An
         ranked = None
         if recommendations is not None:
             row = recommendations.lists.get(user)
-            model_name = recommendations.model_of_user.get(user, "")
-            if row is not None and len(row) and FALLBACK_MARKER not in model_name.lower():
+            if row is not None and len(row) and user not in recommendations.fallback_users:
                 ranked = row[:list_length]
         elif candidates is not None and user in candidates:
             ranked = candidates[user][0][:list_length]
@@ -850,8 +888,8 @@ def run_evaluation(args: argparse.Namespace, log=print) -> Optional[dict[str, An
         content_lists.append(ranked)
     content_name = "content"
     if recommendations is not None and recommendations.model_of_user:
-        names = collections.Counter(name for name in recommendations.model_of_user.values()
-                                    if FALLBACK_MARKER not in name.lower())
+        names = collections.Counter(name for user, name in recommendations.model_of_user.items()
+                                    if user not in recommendations.fallback_users)
         if names:
             content_name = names.most_common(1)[0][0]
     not_in_run = sum(1 for user in truth.users
@@ -879,19 +917,35 @@ def run_evaluation(args: argparse.Namespace, log=print) -> Optional[dict[str, An
     common = dict(truth=truth, popularity=popularity, catalogue=catalogue,
                   map_cutoff=args.k, precision_cutoff=args.precision_k)
     no_fallback = np.zeros(len(truth.users), dtype=bool)
-    models = {
-        "content": evaluate_lists(content_name, content_lists,
-                                  served_by_fallback=served_by_fallback, **common),
+    models = {}
+    if has_content:
+        models["content"] = evaluate_lists(content_name, content_lists,
+                                           served_by_fallback=served_by_fallback, **common)
+    for name, (model_dir, catalogue_) in trained.items():
+        log(f"evaluate: scoring {len(truth.users):,} users with {name} ({model_dir}, "
+            f"{len(catalogue_.song_codes):,} songs)")
+        ranked_by_model = model_candidates(catalogue_, truth.users, visible, list_length,
+                                           list_length)
+        lists, served = [], np.zeros(len(truth.users), dtype=bool)
+        for index, user in enumerate(truth.users):
+            if user in ranked_by_model:
+                lists.append(ranked_by_model[user][0])
+            else:
+                lists.append(fallback_lists[index])
+                served[index] = True
+        models[name] = evaluate_lists(name, lists, served_by_fallback=served, **common)
+        models[name]["model_dir"] = model_dir
+    models.update({
         "popularity": evaluate_lists("popularity", fallback_lists,
                                      served_by_fallback=no_fallback, **common),
         "random": evaluate_lists("random", random_lists, served_by_fallback=no_fallback,
                                  **common),
-    }
+    })
 
     # 6. Blends.
     alphas = parse_alphas(args.blend)
     blend_info: dict[str, Any] = {"alphas": alphas}
-    if alphas:
+    if alphas and has_content:
         if candidates is not None:
             blend_source = candidates
             blend_info["candidates"] = (f"the kernel's top "
@@ -932,6 +986,7 @@ def run_evaluation(args: argparse.Namespace, log=print) -> Optional[dict[str, An
         if key != "popularity":
             result["vs_popularity"] = paired_difference(result["_ap"], models["popularity"]["_ap"])
     best_model = max(models, key=lambda key: models[key]["map"])
+    primary_model = "content" if has_content else next(iter(trained))
 
     hidden_hist = np.bincount(popularity_bin(popularity[truth.songs]), minlength=1)
     return {
@@ -963,7 +1018,8 @@ def run_evaluation(args: argparse.Namespace, log=print) -> Optional[dict[str, An
             "median_visible_songs": float(np.median(truth.history_sizes)),
         },
         "models": models,
-        "content_model": content_name,
+        "content_model": content_name if has_content else None,
+        "primary_model": primary_model,
         "blend": blend_info,
         "best_model": best_model,
         "warnings": warnings,
@@ -1003,16 +1059,25 @@ def json_ready(value: Any) -> Any:
 
 
 def _model_order(report: dict) -> list[str]:
-    """Models as the plots show them: content, the best blend, popularity, random."""
-    order = ["content"]
+    """Models as the plots show them: content, the trained models, the best blend,
+    popularity, random."""
+    order = [key for key in report["models"] if key not in ("popularity", "random")
+             and not key.startswith("blend")]
     best = report["blend"].get("best_model")
     if best:
         order.append(best)
     return order + ["popularity", "random"]
 
 
+_EXTRA_COLOURS = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+
+
 def _colour(key: str) -> str:
-    return _MODEL_COLOURS["blend" if key.startswith("blend") else key]
+    if key.startswith("blend"):
+        return _MODEL_COLOURS["blend"]
+    if key in _MODEL_COLOURS:
+        return _MODEL_COLOURS[key]
+    return _EXTRA_COLOURS[sum(map(ord, key)) % len(_EXTRA_COLOURS)]
 
 
 def _label(report: dict, key: str) -> str:
@@ -1088,8 +1153,9 @@ def plot_history(report: dict) -> str:
     import matplotlib.pyplot as plt
 
     keys = _model_order(report)
-    buckets = [entry["bucket"] for entry in report["models"]["content"]["by_history"]]
-    users = [entry["users"] for entry in report["models"]["content"]["by_history"]]
+    primary = report["models"][report["primary_model"]]
+    buckets = [entry["bucket"] for entry in primary["by_history"]]
+    users = [entry["users"] for entry in primary["by_history"]]
     figure, axis = plt.subplots(figsize=(8, 3.4))
     width = 0.8 / len(keys)
     for offset, key in enumerate(keys):
@@ -1207,18 +1273,23 @@ def _metrics_table(report: dict) -> str:
 
 def _headline(report: dict) -> str:
     models = report["models"]
-    content, popular, chance = models["content"], models["popularity"], models["random"]
+    popular, chance = models["popularity"], models["random"]
     cut = report["protocol"]["cutoffs"]["map"]
-    parts = [f"The content model reaches mAP@{cut} <b>{content['map']:.4f}</b>, against "
-             f"<b>{popular['map']:.4f}</b> for recommending the most popular songs and "
-             f"<b>{chance['map']:.4f}</b> for a random ranking."]
-    difference = content["vs_popularity"]
-    verdict = ("better than" if difference["map_difference"] > 2 * difference["standard_error"]
-               else "worse than" if difference["map_difference"] < -2 * difference["standard_error"]
-               else "not distinguishable from")
-    parts.append(f"Per user, content is {verdict} popularity by "
-                 f"{difference['map_difference']:+.4f} ± {difference['standard_error']:.4f} "
-                 "(paired standard error).")
+    compared = [key for key in _model_order(report)
+                if key not in ("popularity", "random") and not key.startswith("blend")]
+    parts = [", ".join(f"{html.escape(_label(report, key))} reaches mAP@{cut} "
+                       f"<b>{models[key]['map']:.4f}</b>" for key in compared)
+             + f", against <b>{popular['map']:.4f}</b> for recommending the most popular "
+             f"songs and <b>{chance['map']:.4f}</b> for a random ranking."]
+    for key in compared:
+        difference = models[key]["vs_popularity"]
+        verdict = ("better than" if difference["map_difference"] > 2 * difference["standard_error"]
+                   else "worse than" if difference["map_difference"] < -2 * difference["standard_error"]
+                   else "not distinguishable from")
+        parts.append(f"Per user, {html.escape(_label(report, key))} is {verdict} popularity by "
+                     f"{difference['map_difference']:+.4f} ± {difference['standard_error']:.4f} "
+                     "(paired standard error).")
+    content = models[report["primary_model"]]
     best = report["blend"].get("best_model")
     if best:
         parts.append(f"The best blend (α = {report['blend']['best_alpha']:g}) reaches "
@@ -1271,11 +1342,15 @@ def render_html(report: dict) -> str:
          f"{data['catalogue_songs']:,} songs ({html.escape(data['catalogue_source'])})"),
         ("hidden listens outside the catalogue", f"{data['hidden_outside_catalogue_share']:.1%}"),
         ("songs recommended per user", f"{protocol['list_length']}"),
-        ("content model", html.escape(f"{report['content_model']} — "
-                                      f"{source.get('source') or report['inputs'].get('features')}"
-                                      + (f", run {source['run_date']}" if source.get("run_date")
-                                         else ""))),
     ]
+    if report["content_model"]:
+        facts.append(("content model", html.escape(
+            f"{report['content_model']} — "
+            f"{source.get('source') or report['inputs'].get('features')}"
+            + (f", run {source['run_date']}" if source.get("run_date") else ""))))
+    for key, model in report["models"].items():
+        if model.get("model_dir"):
+            facts.append((f"{html.escape(key)} model", html.escape(model["model_dir"])))
     holdout = report["inputs"].get("holdout")
     if holdout:
         facts.append(("split", f"random holdout, fraction {holdout['fraction']:g}, seed "
@@ -1351,6 +1426,8 @@ def build_parser() -> argparse.ArgumentParser:
     content.add_argument("--recommendations", help="the job's Parquet output folder, or a "
                          "BigQuery table bq://PROJECT.DATASET.TABLE")
     content.add_argument("--run_date", help="which run (default for Parquet: the latest)")
+    content.add_argument("--model", help="which model of the run (default for Parquet: the "
+                         "only one; required for BigQuery)")
     content.add_argument("--submission", help="a Kaggle submission file (with --kaggle_users "
                          "and --kaggle_songs)")
     content.add_argument("--kaggle_users", help="kaggle_users.txt: the submission's user order")
@@ -1359,6 +1436,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "catalogue, scored here with the job's kernel")
     content.add_argument("--songs", help="the songs Parquet folder: the catalogue for coverage "
                          "when --features is not given")
+    trained = parser.add_argument_group("trained models (python -m pipelines.train)")
+    trained.add_argument("--model_dir", action="append", default=None,
+                         help="a model directory, scored here on the visible listens through "
+                              "the model interface; repeat for several (train them on the "
+                              "visible split: --write_split)")
     options = parser.add_argument_group("evaluation")
     options.add_argument("--k", type=int, default=metrics.MAP_CUTOFF,
                          help="cut-off of mAP, recall and NDCG, and songs per list (500)")
@@ -1393,10 +1475,12 @@ def validate_args(args: argparse.Namespace) -> None:
         raise EvaluationError("--submission needs --kaggle_users and --kaggle_songs")
     if args.submission and args.recommendations:
         raise EvaluationError("give --recommendations or --submission, not both")
-    if not args.output_dir and (args.recommendations or args.submission or args.features):
+    if not args.output_dir and (args.recommendations or args.submission or args.features
+                                or args.model_dir):
         raise EvaluationError("--output_dir is needed for metrics.json and report.html")
-    if not (args.recommendations or args.submission or args.features or args.write_split):
-        raise EvaluationError("no content model: give --recommendations, --submission or "
+    if not (args.recommendations or args.submission or args.features or args.model_dir
+            or args.write_split):
+        raise EvaluationError("no model: give --model_dir, --recommendations, --submission or "
                               "--features")
     if args.k < 1 or args.precision_k < 1 or args.blend_candidates < 1:
         raise EvaluationError("--k, --precision_k and --blend_candidates must be at least 1")

@@ -42,7 +42,7 @@ class FeaturesOptions(PipelineOptions):
             "--input", action="append", default=None,
             help="MSD HDF5 files: a file pattern or a folder (every *.h5 below it), local or "
                  "gs://. Repeat the flag for several.")
-        parser.add_argument("--output_dir", help="Where every output is written (local or gs://).")
+        config_lib.add_output_dir_argument(parser)
         parser.add_argument(
             "--normalization", default="l2", choices=sorted(preprocessing.PREPROCESSING_FNS),
             help="l2: scale each song's 90 statistics to unit length (cosine = dot product). "
@@ -57,10 +57,7 @@ class FeaturesOptions(PipelineOptions):
             "--max_file_bytes", type=int, default=read_msd.DEFAULT_MAX_FILE_BYTES,
             help="Reject files larger than this without reading them (real files are < 1 MB; "
                  "raise it for aggregate files).")
-        parser.add_argument(
-            "--overwrite", nargs="?", const=True, default=False, type=config_lib.flag_value,
-            help="Replace the outputs of an earlier run in --output_dir (--overwrite or "
-                 "--overwrite=true).")
+        config_lib.add_overwrite_argument(parser)
 
     def validate_features_options(self) -> list[str]:
         """Problems with the options, as sentences; empty when they are usable."""

@@ -1,12 +1,15 @@
 """``python -m pipelines.recommend``: listening data → user histories → exact top-k
-recommendations against the whole catalogue → BigQuery (a day partition) or local Parquet.
+recommendations of any model (``recommend.models``) against its whole catalogue → BigQuery or
+local Parquet, one partition per (run_date, model).
 
     python -m pipelines.recommend --features out/features --listens listens.txt \\
-        --output out/recommendations --k 500
+        --output out/recommendations --k 500                      # the content model
+    python -m pipelines.recommend --model_dir out/models/itemcf --listens listens.txt \\
+        --output out/recommendations --k 500                      # a trained model
     python -m pipelines.recommend --config configs/dataflow_gpu.yaml --features gs://b/features \\
         --listens gs://b/train_triplets.txt --output my-project:music.recommendations
 
-Besides the rows, a run writes to --report_dir (default ``<output>/_reports/run_date=D/``):
+Besides the rows, a run writes to --report_dir (default ``<output>/_reports/run_date=D/model=M/``):
 ``rejected/`` (JSON lines: every listen, side-file line or user not used, with the reason) and
 ``run_summary.json`` (counts that reconcile, k, model, timings).
 """
@@ -26,6 +29,7 @@ from msd import listening
 from pipelines import config as config_lib
 from pipelines import launcher
 from recommend import catalogue as catalogue_lib
+from recommend import models
 from transforms import listens as listens_lib
 from transforms import scoring
 from transforms import write_recommendations as writers
@@ -38,18 +42,13 @@ class RecommendOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--features", help="The feature pipeline's --output_dir, or a pattern "
-                            "of its TFRecord (*.tfrecord.gz) or CSV (*.csv) shards; local or gs://.")
-        parser.add_argument("--listens", action="append", default=None,
-                            help="Listening files: Taste Profile triplets user<TAB>song<TAB>count "
-                            "or CSV user_id,song_id,listen_count. Repeat for several.")
+        parser.add_argument("--model_dir", default=None,
+                            help="A trained model (python -m pipelines.train): its model.json "
+                            "and arrays, local or gs://. Without it, --features gives the "
+                            "content model.")
+        config_lib.add_listening_arguments(parser)
         parser.add_argument("--output", help="PROJECT:DATASET.TABLE or bq://PROJECT.DATASET.TABLE "
                             "for BigQuery; otherwise a folder (local or gs://) for Parquet.")
-        parser.add_argument("--song_to_tracks", default=None,
-                            help="taste_profile_song_to_tracks.txt; without it songs are joined "
-                            "on the song_id carried in the features.")
-        parser.add_argument("--mismatches", default=None,
-                            help="sid_mismatches.txt: song–track pairs to drop.")
         parser.add_argument("--users", default=None,
                             help="One user id per line (e.g. kaggle_users.txt): only these users.")
         parser.add_argument("--k", type=int, default=500, help="Recommendations per user.")
@@ -57,21 +56,18 @@ class RecommendOptions(PipelineOptions):
                             help="Listen weights in the profile sum: none, or log(1+play_count).")
         parser.add_argument("--run_date", default=None,
                             help="The partition this run writes (default: today, UTC).")
-        parser.add_argument("--model", default="timbre_cosine",
-                            help="A model name recorded with every row.")
         parser.add_argument("--fallback", default="popularity", choices=["popularity", "none"],
-                            help="Users with no known song: most-listened songs (marked in "
-                            "model), or none (dead-letter).")
+                            help="Users with no known song: most-listened songs (the row's "
+                            "popularity_filled = k), or none (dead-letter).")
         parser.add_argument("--accelerator", default=None,
                             help="A Dataflow accelerator for the scoring step only, e.g. "
                             "type:nvidia-l4;count:1;install-nvidia-driver.")
         parser.add_argument("--batch_size", type=int, default=256,
                             help="Users scored together (one matrix product per batch).")
-        parser.add_argument("--max_play_count", type=int, default=listening.DEFAULT_MAX_PLAY_COUNT,
-                            help="Listens with a larger play count are rejected as corrupt.")
         parser.add_argument("--report_dir", default=None,
                             help="Where the dead letters and run summary go (default: "
-                            "<output>/_reports/run_date=D for Parquet; required for BigQuery "
+                            "<output>/_reports/run_date=D/model=M for Parquet; required for "
+                            "BigQuery "
                             "unless --temp_location is set).")
         parser.add_argument("--kaggle_submission", default=None,
                             help="Also write the MSD Challenge submission file here (needs "
@@ -81,9 +77,17 @@ class RecommendOptions(PipelineOptions):
 
     def validate_recommend_options(self) -> list[str]:
         problems = []
-        for name in ("features", "listens", "output"):
+        for name in ("listens", "output"):
             if not getattr(self, name):
                 problems.append(f"--{name} is required")
+        if not (self.features or self.model_dir):
+            problems.append("--model_dir (a trained model) or --features (the content model) "
+                            "is required")
+        if self.model:
+            try:
+                models.base.check_model_name(self.model)
+            except models.ModelError as error:
+                problems.append(f"--model: {error}")
         if self.run_date:
             try:
                 datetime.date.fromisoformat(self.run_date)
@@ -103,24 +107,24 @@ class RecommendOptions(PipelineOptions):
         return problems
 
 
-def _read_side_file(path: Optional[str], reader) -> tuple[object, list[listening.Rejection]]:
-    if not path:
-        return None, []
-    parsed = reader(path)
-    return parsed.data, parsed.rejections
+def model_source(options: "RecommendOptions") -> models.ModelSource:
+    return models.ModelSource(options.model_dir, options.features, options.song_to_tracks,
+                              options.mismatches, options.weighting, options.batch_size)
 
 
-def song_index(features: str, song_to_tracks_path: Optional[str],
-               mismatches_path: Optional[str]) -> tuple[dict, set, dict, list]:
-    """Built on one worker: (song → track, songs lost to mismatches, track → catalogue row,
-    rejections)."""
-    catalogue = catalogue_lib.load_catalogue(features, with_features=False)
-    pairs = list(zip(catalogue.track_ids.tolist(), catalogue.song_ids.tolist()))
-    song_to_tracks, rejected_a = _read_side_file(song_to_tracks_path, listening.read_song_to_tracks)
-    mismatches, rejected_b = _read_side_file(mismatches_path, listening.read_sid_mismatches)
-    track_of_song, mismatched = listens_lib.catalogue_song_tracks(pairs, song_to_tracks,
-                                                                  mismatches or set())
-    return track_of_song, mismatched, catalogue.row_of_track(), rejected_a + rejected_b
+def model_name(options: "RecommendOptions") -> str:
+    """--model, or the default: timbre_cosine for the content model, else the model's kind."""
+    if options.model:
+        return options.model
+    return "timbre_cosine" if not options.model_dir else models.ModelSource(
+        options.model_dir).kind
+
+
+def catalogue_index(source: models.ModelSource) -> tuple[list, frozenset, list]:
+    """Built on one worker: (the catalogue's songs, sorted; songs lost to mismatches; the side
+    files' rejections)."""
+    catalogue, rejections = source.catalogue()
+    return catalogue.song_ids.tolist(), catalogue.mismatched, rejections
 
 
 def _requested_users(path: str) -> tuple[list[str], list[listening.Rejection]]:
@@ -175,21 +179,21 @@ def write_submission(rows_by_user: dict, users_path: str, kaggle_songs_path: str
 
 
 def build_pipeline(pipeline: beam.Pipeline, options: RecommendOptions,
-                   rows_destination: beam.PTransform, report_dir: str) -> None:
+                   rows_destination: beam.PTransform, report_dir: str, model: str) -> None:
     """Adds the whole recommendation job to ``pipeline``."""
-    context = scoring.RunContext(model=options.model, k=options.k)
+    context = scoring.RunContext(model=model, k=options.k)
+    source = model_source(options)
     index = (pipeline
-             | "Features" >> beam.Create([options.features])
-             | "SongIndex" >> beam.Map(song_index, options.song_to_tracks, options.mismatches))
-    track_of_song = index | "TrackOfSong" >> beam.Map(lambda i: i[0])
+             | "ModelSource" >> beam.Create([source])
+             | "CatalogueIndex" >> beam.Map(catalogue_index))
+    catalogue_songs = index | "CatalogueSongs" >> beam.Map(lambda i: frozenset(i[0]))
     mismatched = index | "Mismatched" >> beam.Map(lambda i: i[1])
-    row_of_track = index | "RowOfTrack" >> beam.Map(lambda i: i[2])
-    side_file_rejections = index | "SideFileRejections" >> beam.FlatMap(lambda i: i[3])
+    side_file_rejections = index | "SideFileRejections" >> beam.FlatMap(lambda i: i[2])
 
     parsed = pipeline | "ReadListens" >> listens_lib.ReadListens(options.listens,
                                                                  options.max_play_count)
     histories, unresolved = parsed[listens_lib.LISTENS] | "Histories" >> listens_lib.GroupHistories(
-        track_of_song, mismatched)
+        catalogue_songs, mismatched)
     rejections = [parsed[listens_lib.REJECTED], unresolved, side_file_rejections]
 
     all_histories = histories
@@ -206,20 +210,17 @@ def build_pipeline(pipeline: beam.Pipeline, options: RecommendOptions,
 
     known, without = histories | "HasKnownSong" >> beam.Partition(
         lambda history, _: 0 if history.size else 1, 2)
-    handler = scoring.RecommenderModelHandler(
-        options.features, context, options.weighting, options.batch_size,
-        require_gpu=bool(options.accelerator))
+    handler = scoring.RecommenderModelHandler(source, context, options.batch_size,
+                                              require_gpu=bool(options.accelerator))
     scored = known | "Score" >> scoring.ScoreUsers(handler, options.accelerator)
 
-    popular = (all_histories
-               | "Listeners" >> beam.CombineGlobally(scoring.ListenerCountsFn())
-               | "MostPopular" >> beam.Map(
-                   lambda counts, rows: scoring.most_popular(counts.items(), rows, options.k),
-                   beam.pvalue.AsSingleton(row_of_track)))
+    popularity = (all_histories
+                  | "Listeners" >> beam.CombineGlobally(scoring.ListenerCountsFn())
+                  | "Popularity" >> beam.Map(lambda counts, index: scoring.popularity_over(
+                      index[0], counts), beam.pvalue.AsSingleton(index)))
     fallback = without | "Fallback" >> beam.ParDo(
         scoring.PopularityFallbackFn(context, options.fallback == "popularity"),
-        beam.pvalue.AsSingleton(popular), beam.pvalue.AsSingleton(row_of_track)).with_outputs(
-            scoring.REJECTED, main="rows")
+        beam.pvalue.AsSingleton(popularity)).with_outputs(scoring.REJECTED, main="rows")
 
     rows = (scored[scoring.SCORED], fallback["rows"]) | "AllRows" >> beam.Flatten()
     rejections += [scored[scoring.REJECTED], fallback[scoring.REJECTED]]
@@ -232,7 +233,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: RecommendOptions,
                                                   file_name_suffix=".jsonl"))
     if options.kaggle_submission:
         _ = (rows
-             | "SubmissionSongs" >> beam.ParDo(writers.SongIdsOfUserFn(options.features))
+             | "SubmissionSongs" >> beam.ParDo(writers.SongIdsOfUserFn(source))
              | "AllUsers" >> beam.combiners.ToDict()
              | "WriteSubmission" >> beam.Map(write_submission, options.users, options.kaggle_songs,
                                              options.kaggle_submission))
@@ -251,10 +252,11 @@ def parquet_row_count(folder: str) -> int:
 
 
 def publish_parquet_partition(staging: str, output: str, report_dir: str,
-                              run_date: datetime.date) -> str:
-    """Moves a finished run's ``rows`` to ``run_date=…`` and its ``report`` to ``report_dir``,
-    replacing an earlier run's (``launcher.replace_folder`` says what a reader can see)."""
-    final = writers.partition_dir(output, run_date)
+                              run_date: datetime.date, model: str) -> str:
+    """Moves a finished run's ``rows`` to ``run_date=…/model=…`` and its ``report`` to
+    ``report_dir``, replacing an earlier run of the same (run_date, model) and nothing else
+    (``launcher.replace_folder`` says what a reader can see)."""
+    final = writers.partition_dir(output, run_date, model)
     launcher.replace_folder(FileSystems.join(staging, "rows"), final)
     report = FileSystems.join(staging, "report")
     if FileSystems.exists(report):
@@ -264,53 +266,49 @@ def publish_parquet_partition(staging: str, output: str, report_dir: str,
     return final
 
 
+def publish_bigquery_run(table: writers.BigQueryTable, staging: writers.BigQueryTable,
+                         run_date: datetime.date, model: str, expected_rows: int,
+                         client=None) -> None:
+    """Runs ``writers.bigquery_publish_script``: one transaction replaces the (run_date, model)
+    rows with the staged ones, unless the staged count differs from the job's counters."""
+    from google.api_core import exceptions as api_exceptions
+    from google.cloud import bigquery
+
+    client = client or bigquery.Client(project=table.project)
+    config = bigquery.QueryJobConfig(query_parameters=[
+        bigquery.ScalarQueryParameter("run_date", "DATE", run_date),
+        bigquery.ScalarQueryParameter("model", "STRING", model),
+        bigquery.ScalarQueryParameter("expected_rows", "INT64", expected_rows)])
+    try:
+        client.query(writers.bigquery_publish_script(table, staging), job_config=config).result()
+    except api_exceptions.GoogleAPIError as error:
+        raise SystemExit(f"recommend: publishing {staging.spec()} into {table.spec()} failed, "
+                         f"nothing was published: {getattr(error, 'message', error)}")
+
+
 def run_summary(counters: dict[str, int], options: RecommendOptions, run_date: datetime.date,
-                output_location: str, seconds: float) -> dict:
+                model: str, output_location: str, seconds: float) -> dict:
     """Counts that reconcile (listens and users), the run's parameters and its duration."""
     get = lambda name: counters.get(name, 0)
-    by_prefix = lambda prefix: {n[len(prefix):]: v for n, v in sorted(counters.items())
-                                if n.startswith(prefix)}
-    listens_rejected = by_prefix("listens_rejected_")
-    listen_files_rejected = by_prefix("listen_files_rejected_")
-    users_rejected = by_prefix("users_rejected_")
-    listens_parsed = get("listens_parsed")
-    users_written = get("users_scored") + get("users_fallback")
+    users_rejected = listens_lib.counters_by_prefix(counters, "users_rejected_")
     return {
         "job": "recommend",
         "run_date": run_date.isoformat(),
-        "model": options.model,
+        "model": model,
+        "model_dir": options.model_dir,
         "k": options.k,
         "weighting": options.weighting,
         "output": output_location,
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "duration_seconds": round(seconds, 3),
-        "listen_files_matched": get("listen_files_matched"),
-        "listen_files_read": get("listen_files_read"),
-        "listen_files_rejected": sum(listen_files_rejected.values()),
-        "listen_files_rejected_by_reason": listen_files_rejected,
-        # Lines readable in files rejected whole (cut or corrupt compressed files): not parsed.
-        "listen_lines_in_rejected_files": get("listen_lines_in_rejected_files"),
-        "listen_lines_read": get("listen_lines_read"),
-        "listen_lines_not_data": get("listen_lines_not_data"),
-        "listens_parsed": listens_parsed,
-        "listens_rejected": sum(listens_rejected.values()),
-        "listens_rejected_by_reason": listens_rejected,
-        "listens_used": get("listens_used"),
-        "listens_unknown_song": get("listens_unknown_song"),
-        "listens_mismatched": get("listens_mismatched"),
+        **listens_lib.listens_summary(counters),
         "users_scored": get("users_scored"),
         "users_fallback": get("users_fallback"),
         "users_rejected": sum(users_rejected.values()),
         "users_rejected_by_reason": users_rejected,
-        "users_written": users_written,
+        "users_written": get("users_scored") + get("users_fallback"),
         "users_not_requested": get("users_not_requested"),
         "requested_users_without_listens": get("requested_users_without_listens"),
-        "listens_reconcile": get("listen_files_matched") == (
-            get("listen_files_read") + sum(listen_files_rejected.values()))
-            and get("listen_lines_read") == (
-            get("listen_lines_not_data") + listens_parsed + sum(listens_rejected.values()))
-            and listens_parsed == (get("listens_used") + get("listens_unknown_song")
-                                   + get("listens_mismatched")),
     }
 
 
@@ -326,18 +324,25 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     temp_location = options.view_as(GoogleCloudOptions).temp_location
     output = recommend_options.output
 
+    try:
+        model = model_name(recommend_options)
+    except models.ModelError as error:
+        raise SystemExit(f"recommend: --model_dir: {error}")
+    partition = f"run_date={run_date.isoformat()}/model={model}"
+    source = model_source(recommend_options)
+    staging_table = None
     if writers.looks_like_bigquery(output):
         table = writers.parse_bigquery_table(output)
+        staging_table = table.staging(run_date, model)
         destination = writers.WriteRecommendationsToBigQuery(
-            table, run_date, recommend_options.features, temp_location)
+            staging_table, run_date, source, temp_location)
         report_dir = recommend_options.report_dir or (
-            temp_location and FileSystems.join(temp_location, "recommend_reports",
-                                               f"run_date={run_date.isoformat()}"))
+            temp_location and FileSystems.join(temp_location, "recommend_reports", partition))
         if not report_dir:
             raise SystemExit("recommend: --report_dir (or --temp_location) is required with a "
                              "BigQuery --output")
         staging = None
-        output_location = table.partition_spec(run_date)
+        output_location = f"{table.spec()} (run_date={run_date.isoformat()}, model={model})"
     else:
         if options.view_as(GoogleCloudOptions).template_location:
             raise SystemExit("recommend: a template launch writes to BigQuery only: the Parquet "
@@ -345,33 +350,34 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
                              "template launch does not wait for")
         # Rows and reports are written to a staging folder and moved into place together once
         # the job succeeded: a killed run leaves the previous partition and its reports intact.
-        staging = writers.staging_dir(output, run_date)
+        staging = writers.staging_dir(output, run_date, model)
         destination = writers.WriteRecommendationsToParquet(
-            FileSystems.join(staging, "rows"), recommend_options.features,
+            FileSystems.join(staging, "rows"), source,
             options.view_as(config_lib.OutputOptions).num_shards)
         report_dir = recommend_options.report_dir or FileSystems.join(
-            output.rstrip("/"), "_reports", f"run_date={run_date.isoformat()}")
-        output_location = writers.partition_dir(output, run_date)
+            output.rstrip("/"), "_reports", partition)
+        output_location = writers.partition_dir(output, run_date, model)
 
     if not staging_only:
         _check_inputs_exist(recommend_options)
         if staging:
             launcher.delete_matching(FileSystems.join(
-                output.rstrip("/"), writers.STAGING, f"run_date={run_date.isoformat()}-*"))
+                output.rstrip("/"), writers.STAGING, f"run_date={run_date.isoformat()}-{model}-*"))
         elif FileSystems.exists(report_dir):
             FileSystems.delete([report_dir])  # a rerun of this date replaces its reports too
 
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, recommend_options, destination,
-                   FileSystems.join(staging, "report") if staging else report_dir)
+                   FileSystems.join(staging, "report") if staging else report_dir, model)
     result = pipeline.run()
     if staging_only:
         logging.info("recommend: the job was built (dry run) or staged (template launch)")
         return None
     result.wait_until_finish()
     summary = run_summary(launcher.counter_totals(result, listens_lib.METRICS_NAMESPACE),
-                          recommend_options, run_date, output_location, time.monotonic() - started)
+                          recommend_options, run_date, model, output_location,
+                          time.monotonic() - started)
     if staging:
         staged_rows = parquet_row_count(FileSystems.join(staging, "rows"))
         if staged_rows != summary["users_written"]:
@@ -379,7 +385,9 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
                 f"recommend: the job counted {summary['users_written']} users written but the "
                 f"staged Parquet holds {staged_rows} rows; nothing was published (staging left "
                 f"in {staging} for inspection)")
-        publish_parquet_partition(staging, output, report_dir, run_date)
+        publish_parquet_partition(staging, output, report_dir, run_date, model)
+    else:
+        publish_bigquery_run(table, staging_table, run_date, model, summary["users_written"])
     launcher.write_summary(summary, report_dir, SUMMARY_FILE)
     summary["report_dir"] = report_dir
     return summary
@@ -387,10 +395,11 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
 
 def _check_inputs_exist(options: RecommendOptions) -> None:
     """Fails before the job starts when an input matches nothing, naming it."""
-    try:
-        catalogue_lib.feature_files(options.features)
-    except catalogue_lib.CatalogueError as error:
-        raise SystemExit(f"recommend: --features: {error}")
+    if options.features:
+        try:
+            catalogue_lib.feature_files(options.features)
+        except catalogue_lib.CatalogueError as error:
+            raise SystemExit(f"recommend: --features: {error}")
     for flag in ("listens", "song_to_tracks", "mismatches", "users", "kaggle_songs"):
         values = getattr(options, flag)
         empty = launcher.patterns_matching_nothing(

@@ -7,7 +7,7 @@ gs://. Rows are sorted by track id so that row numbers are the same in every pro
 import dataclasses
 import io
 import logging
-from typing import Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -134,3 +134,82 @@ def load_catalogue(features: str, with_features: bool = True) -> Catalogue:
     keep = order[first]
     return Catalogue(track_ids=track_array[keep], song_ids=np.array(song_ids, dtype=object)[keep],
                      features=np.ascontiguousarray(matrix[keep], dtype=np.float32))
+
+
+def catalogue_song_tracks(catalogue_pairs: Iterable[tuple[str, str]],
+                          song_to_tracks: Optional[dict[str, list[str]]],
+                          mismatches: set[tuple[str, str]]) -> tuple[dict[str, str], set[str]]:
+    """song_id → the catalogue track that stands for it, and the songs lost to mismatches.
+
+    ``catalogue_pairs`` are the feature catalogue's (track_id, song_id). Without
+    ``song_to_tracks`` a song is joined on the song id the features carry; with it, on the
+    listed tracks. Pairs in ``mismatches`` are dropped. When a song has several catalogue
+    tracks the lowest track id stands for it (deterministic).
+    """
+    catalogue_tracks = dict(catalogue_pairs)
+    if song_to_tracks is None:
+        candidates: dict[str, list[str]] = {}
+        for track_id, song_id in catalogue_tracks.items():
+            candidates.setdefault(song_id, []).append(track_id)
+    else:
+        candidates = {song_id: [t for t in tracks if t in catalogue_tracks]
+                      for song_id, tracks in song_to_tracks.items()}
+    track_of_song, mismatched = {}, set()
+    for song_id, tracks in candidates.items():
+        kept = sorted(t for t in tracks if (song_id, t) not in mismatches)
+        if kept:
+            track_of_song[song_id] = kept[0]
+        elif tracks:
+            mismatched.add(song_id)
+    return track_of_song, mismatched
+
+
+@dataclasses.dataclass(frozen=True)
+class SongCatalogue:
+    """What a model recommends from, keyed by song: row i is ``song_ids[i]`` (sorted), shown
+    with the track ``track_ids[i]`` (None when no track is known). ``mismatched``: songs whose
+    every track is listed in sid_mismatches (the content model cannot use their listens)."""
+    song_ids: np.ndarray   # str objects, sorted, distinct
+    track_ids: np.ndarray  # str or None objects, parallel
+    mismatched: frozenset = frozenset()
+
+    def __len__(self) -> int:
+        return len(self.song_ids)
+
+    def row_of_song(self) -> dict[str, int]:
+        return {song_id: row for row, song_id in enumerate(self.song_ids.tolist())}
+
+
+def song_catalogue(track_pairs: Optional[Iterable[tuple[str, str]]],
+                   song_to_tracks: Optional[dict[str, list[str]]],
+                   mismatches: set[tuple[str, str]],
+                   model_songs: Optional[Sequence[str]] = None) -> SongCatalogue:
+    """The catalogue by song, with one track per song: the lowest track id not listed in
+    sid_mismatches (among the feature tracks when features are given).
+
+    Content catalogue (``model_songs`` None): the songs that have a feature track
+    (``track_pairs``, joined through ``song_to_tracks`` when given). A collaborative model's
+    catalogue (``model_songs``: the songs it was trained on): all of them, whatever tracks are
+    known; the track comes from ``song_to_tracks`` (restricted to feature tracks when
+    ``track_pairs`` is given too) or from ``track_pairs``, else None.
+    """
+    if model_songs is None:
+        track_of_song, mismatched = catalogue_song_tracks(track_pairs or (), song_to_tracks,
+                                                          mismatches)
+        songs = sorted(track_of_song)
+        return SongCatalogue(np.array(songs, dtype=object),
+                             np.array([track_of_song[s] for s in songs], dtype=object),
+                             frozenset(mismatched))
+    if track_pairs is None and song_to_tracks is None:
+        track_of_song = {}
+    elif track_pairs is None:
+        track_of_song = {}
+        for song_id, tracks in song_to_tracks.items():
+            kept = sorted(t for t in tracks if (song_id, t) not in mismatches)
+            if kept:
+                track_of_song[song_id] = kept[0]
+    else:
+        track_of_song, _ = catalogue_song_tracks(track_pairs, song_to_tracks, mismatches)
+    songs = np.asarray(model_songs, dtype=object)
+    return SongCatalogue(songs, np.array([track_of_song.get(s) for s in songs.tolist()],
+                                         dtype=object))

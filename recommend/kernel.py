@@ -101,6 +101,7 @@ __all__ = [
     "check_k",
     "CatalogueScorer",
     "recommend",
+    "sum_rows",
 ]
 
 DEFAULT_K = 500
@@ -852,16 +853,8 @@ class CatalogueScorer:
         return idx.numpy()[:nb], sc.numpy()[:nb], ok.numpy()[:nb]
 
     def profiles64(self, packed: PackedHistories) -> np.ndarray:
-        """float64 [B, d] profiles, each summed in history order: a function of the user's
-        history only, whatever batch the user is in."""
-        rows = np.take(self._host, packed.values, axis=0).astype(np.float64)
-        if packed.weights is not None:
-            rows *= packed.weights.astype(np.float64)[:, None]
-        prof = np.zeros((packed.num_users, self.dim), np.float64)
-        listened = np.flatnonzero(packed.lengths() > 0)
-        if listened.size:  # reduceat sums each user's rows in order (empty users excluded)
-            prof[listened] = np.add.reduceat(rows, packed.row_splits[listened], axis=0)
-        return prof
+        """float64 [B, d]: Σ (weighted) listened catalogue rows per user (``sum_rows``)."""
+        return sum_rows(self._host, packed)
 
     def exact_scores(self, rows: np.ndarray, profiles64: np.ndarray) -> np.ndarray:
         """float64 scores of catalogue ``rows`` ([n] for one profile [d], or [U, n] for
@@ -933,9 +926,14 @@ class CatalogueScorer:
             out_sc[user] = scores
         return out_idx, out_sc, int((~safe).sum())
 
-    def recommend_packed(self, packed: PackedHistories, k: int = DEFAULT_K):
+    def recommend_packed(self, packed: PackedHistories, k: int = DEFAULT_K,
+                         queries: Optional[np.ndarray] = None):
         """Top-k for already packed and validated histories (see ``pack_histories``); raises
         ``ValueError`` if ``k`` exceeds the songs left for some user (checked per batch).
+
+        Scores are catalogue · query; ``queries`` (float64 [B, d], one per user) default to the
+        profiles Σ listened rows (``profiles64``). ``packed`` names the songs each user has
+        listened to, which are excluded.
 
         The TensorFlow kernel picks the best k + margin songs by float32 scores; they are then
         ranked by float64 scores (``_refine``), so a user's songs, order and scores are the same
@@ -948,7 +946,8 @@ class CatalogueScorer:
         for start in range(0, b, self.batch_size):
             stop = min(b, start + self.batch_size)
             part = packed.slice(start, stop)
-            prof64 = self.profiles64(part)
+            prof64 = (self.profiles64(part) if queries is None
+                      else np.asarray(queries[start:stop], dtype=np.float64))
             prof32 = prof64.astype(np.float32)
             avail = np.int64(self.num_songs) - _distinct_per_user(part, self.num_songs)
             _check_available(avail, self.num_songs, k, offset=start)
@@ -973,6 +972,20 @@ class CatalogueScorer:
         k = _check_k_value(k)
         packed = pack_histories(histories, weights, num_songs=self.num_songs)
         return self.recommend_packed(packed, k)
+
+
+def sum_rows(matrix: np.ndarray, packed: PackedHistories) -> np.ndarray:
+    """float64 [B, d]: per user the sum of ``matrix``'s rows in ``packed`` (times the weights),
+    each summed in history order: a function of the user's history only, whatever batch the
+    user is in (what a query vector of the content model is)."""
+    rows = np.take(matrix, packed.values, axis=0).astype(np.float64)
+    if packed.weights is not None:
+        rows *= packed.weights.astype(np.float64)[:, None]
+    sums = np.zeros((packed.num_users, matrix.shape[1]), np.float64)
+    listened = np.flatnonzero(packed.lengths() > 0)
+    if listened.size:  # reduceat sums each user's rows in order (empty users excluded)
+        sums[listened] = np.add.reduceat(rows, packed.row_splits[listened], axis=0)
+    return sums
 
 
 def _subset(packed: PackedHistories, rows: np.ndarray) -> PackedHistories:

@@ -3,9 +3,9 @@ locally on DuckDB with the same SQL.
 
     python -m recommend.query --list
     python -m recommend.query user_recommendations --param run_date=2024-05-01 \\
-        --param user_id=b80344d063b5ccb3212f76538f3d9e43d87dca9e \\
+        --param model=timbre_cosine --param user_id=b80344d063b5ccb3212f76538f3d9e43d87dca9e \\
         --recommendations out/recommendations --songs out/features/songs
-    python -m recommend.query top_songs --param run_date=2024-05-01 \\
+    python -m recommend.query top_songs --param run_date=2024-05-01 --param model=itemcf \\
         --project my-project --dataset music [--format csv]
 
 Each query is one file in ``recommend/queries/NAME.sql``: BigQuery standard SQL with named
@@ -24,9 +24,14 @@ replaced only by table names that matched a strict pattern, or by the fixed loca
 - BigQuery (``--project`` and ``--dataset``): runs through ``google-cloud-bigquery``; the tables
   are ``PROJECT.DATASET.<name>`` (names changeable with ``--recommendations_table`` etc.).
 - Locally (otherwise): the SQL is transpiled by sqlglot (BigQuery → DuckDB) and run by DuckDB
-  over ``--recommendations DIR`` (the job's Parquet, ``DIR/run_date=YYYY-MM-DD/*.parquet``,
-  hive-partitioned), ``--songs DIR`` (the feature pipeline's ``songs/`` Parquet) and
+  over ``--recommendations DIR`` (the job's Parquet, one partition per run and model:
+  ``DIR/run_date=YYYY-MM-DD/model=NAME/*.parquet``, hive-partitioned; the folder names give
+  ``run_date`` and ``model``), ``--songs DIR`` (the feature pipeline's ``songs/`` Parquet) and
   ``--listens FILE`` (Taste Profile triplets, parsed by ``msd.listening``).
+
+The queries that read one run take ``run_date`` and ``model`` (both required: the table holds
+several models per day, and a query about one never sees another's rows); ``runs`` lists the
+(run_date, model) partitions.
 """
 import argparse
 import csv
@@ -63,6 +68,9 @@ _PROJECT = re.compile(r"(?:[a-z][a-z0-9.-]{0,61}[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[
 _DATASET = re.compile(r"[A-Za-z0-9_]{1,1024}")
 _TABLE = re.compile(r"[A-Za-z0-9_-]{1,1024}")
 _DATE_FOLDER = re.compile(r"run_date=(\d{4}-\d{2}-\d{2})")
+# The job's model names (recommend.models.base.MODEL_NAME), not imported: this tool stays light.
+_MODEL_FOLDER = re.compile(r"model=[a-z][a-z0-9_]{0,62}")
+_LAYOUT = "run_date=YYYY-MM-DD/model=NAME/*.parquet"
 _CELL_CHARS = 60  # widest cell of --format table
 
 
@@ -344,24 +352,44 @@ def to_duckdb_sql(sql: str) -> str:
 
 
 def recommendation_files(recommendations_dir: str) -> list[str]:
-    """The Parquet files of every run under a local output folder (``run_date=YYYY-MM-DD/*``;
-    the ``_staging`` folder of an unfinished run is not read)."""
+    """The Parquet files of every (run_date, model) partition under a local output folder:
+    ``run_date=YYYY-MM-DD/model=NAME/*.parquet``. Entries at the top that are not
+    ``run_date=…`` (the ``_staging`` folder of an unfinished run, ``_reports``) and entries whose
+    names start with ``_`` or ``.`` are not read; a ``run_date=…`` or ``model=…`` folder with a
+    bad name, a folder in a day that is not ``model=NAME``, or Parquet files straight in a day
+    folder (the one-model layout of earlier versions) is a QueryError naming it."""
     root = pathlib.Path(recommendations_dir)
     if not root.is_dir():
         raise QueryError(f"--recommendations {recommendations_dir}: no such folder")
     files = []
-    for folder in sorted(root.glob("run_date=*")):
-        match = _DATE_FOLDER.fullmatch(folder.name)
-        if not folder.is_dir() or not match:
-            continue
-        try:
-            datetime.date.fromisoformat(match.group(1))
-        except ValueError:
-            raise QueryError(f"{folder}: the folder name is not run_date=YYYY-MM-DD") from None
-        files.extend(str(path) for path in sorted(folder.glob("*.parquet")))
+    for day in sorted(root.glob("run_date=*")):
+        match = _DATE_FOLDER.fullmatch(day.name)
+        valid_date = False
+        if match:
+            try:
+                datetime.date.fromisoformat(match.group(1))
+                valid_date = True
+            except ValueError:
+                pass
+        if not day.is_dir() or not valid_date:
+            raise QueryError(f"{day}: not a run_date=YYYY-MM-DD folder (expected the layout "
+                             f"{_LAYOUT})")
+        for entry in sorted(day.iterdir()):
+            if entry.name.startswith(("_", ".")):
+                continue
+            if entry.is_file():
+                if entry.suffix == ".parquet":
+                    raise QueryError(f"{entry}: a Parquet file straight in a run_date folder (the "
+                                     f"one-model layout); expected {_LAYOUT}")
+                continue
+            if not _MODEL_FOLDER.fullmatch(entry.name):
+                raise QueryError(f"{entry}: not a model=NAME folder (NAME: a lowercase letter, "
+                                 f"then up to 62 lowercase letters, digits or _; expected the "
+                                 f"layout {_LAYOUT})")
+            files.extend(str(path) for path in sorted(entry.glob("*.parquet")))
     if not files:
         raise QueryError(f"--recommendations {recommendations_dir}: no Parquet files in "
-                         "run_date=YYYY-MM-DD/ folders (the recommendation job's --output)")
+                         f"{_LAYOUT} (the recommendation job's --output)")
     return files
 
 
@@ -405,7 +433,8 @@ def listens_table(path: str) -> tuple[Any, int]:
 def local_connection(query: NamedQuery, recommendations_dir: Optional[str],
                      songs: Optional[str], listens: Optional[str]) -> Any:
     """A DuckDB connection with the views the query reads: ``recommendations`` (hive-partitioned
-    Parquet, run_date as DATE), ``songs`` and ``listens``."""
+    Parquet, run_date as DATE; ``model`` from the folder name, which DuckDB puts in place of the
+    files' own model column), ``songs`` and ``listens``."""
     import duckdb
 
     connection = duckdb.connect()
@@ -417,13 +446,14 @@ def local_connection(query: NamedQuery, recommendations_dir: Optional[str],
         relation = connection.read_parquet(recommendation_files(recommendations_dir),
                                            hive_partitioning=True)
         columns = relation.columns
-        missing = [c for c in ("user_id", "model", "history_size", "recommendations",
-                               "run_date") if c not in columns]
+        missing = [c for c in ("user_id", "model", "history_size", "popularity_filled",
+                               "recommendations", "run_date") if c not in columns]
         if missing:
             raise QueryError(f"--recommendations {recommendations_dir}: the Parquet files lack "
                              f"the columns {missing}")
-        relation.project("user_id, model, history_size, recommendations, "
-                         "CAST(run_date AS DATE) AS run_date").create_view("recommendations")
+        relation.project("user_id, CAST(run_date AS DATE) AS run_date, "
+                         "CAST(model AS VARCHAR) AS model, history_size, popularity_filled, "
+                         "recommendations").create_view("recommendations")
     if "songs" in needed:
         if not songs:
             raise QueryError(f"query {query.name} reads the songs table: pass --songs DIR (the "
@@ -575,7 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "running it")
     local = parser.add_argument_group("local (DuckDB)")
     local.add_argument("--recommendations", metavar="DIR",
-                       help="the recommendation job's Parquet output (run_date=…/ folders)")
+                       help="the recommendation job's Parquet output (run_date=…/model=…/ "
+                            "folders)")
     local.add_argument("--songs", metavar="DIR", help="the feature pipeline's songs/ Parquet "
                        "folder (or its output folder)")
     local.add_argument("--listens", metavar="FILE", help="listens triplets, for the "

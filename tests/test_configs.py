@@ -185,4 +185,4 @@ def test_local_config_runs_both_jobs_for_real(config_name, real_msd_dir, tiny_li
                              "--listens", str(tiny_listens), "--output", str(tmp_path / "recs"),
                              "--k", "2", "--run_date", "2024-05-01"])
     assert summary["users_scored"] == 3 and summary["listens_reconcile"]
-    assert list((tmp_path / "recs" / "run_date=2024-05-01").glob("*.parquet"))
+    assert list((tmp_path / "recs" / "run_date=2024-05-01" / "model=timbre_cosine").glob("*.parquet"))

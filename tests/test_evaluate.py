@@ -40,18 +40,19 @@ def write_triplets(path, listens):
     return str(path)
 
 
-def write_run(folder, lists, models=None, history_sizes=None):
-    """A run of the job's Parquet output with scores that fall with the rank."""
+def write_run(folder, lists, fallback=(), history_sizes=None, model="timbre_cosine"):
+    """A run of the job's Parquet output with scores that fall with the rank; users in
+    ``fallback`` are marked as served by the popularity fallback."""
     rows = []
     for user_id, letters in lists.items():
         rows.append({
             "user_id": user_id,
-            "model": (models or {}).get(user_id, "timbre_cosine"),
+            "popularity_filled": len(letters) if user_id in fallback else 0,
             "history_size": (history_sizes or {}).get(user_id, len(VISIBLE.get(user_id, ""))),
             "recommendations": [{"rank": rank, "song_id": song(letter),
                                  "track_id": f"TR{letter * 16}", "score": 1.0 - 0.1 * rank}
                                 for rank, letter in enumerate(letters, 1)]})
-    partition = folder / f"run_date={RUN_DATE}"
+    partition = folder / f"run_date={RUN_DATE}" / f"model={model}"
     partition.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=PARQUET_SCHEMA),
                    partition / "part-00000-of-00001.parquet")
@@ -64,7 +65,7 @@ def tiny(tmp_path):
             "hidden": write_triplets(tmp_path / "hidden.txt", HIDDEN),
             "recommendations": write_run(
                 tmp_path / "recommendations", CONTENT,
-                models={U3: "timbre_cosine:popularity_fallback"}, history_sizes={U2: 5}),
+                fallback={U3}, history_sizes={U2: 5}),
             "out": tmp_path / "out", "tmp": tmp_path}
 
 
@@ -234,7 +235,7 @@ def test_parquet_submission_and_bigquery_agree(capsys, tmp_path):
     assert sources[1]["catalogue_source"].startswith("--kaggle_songs")
 
     # BigQuery: the same rows, answered by a stand-in client
-    table = pq.read_table(str(tmp_path / "recs" / f"run_date={RUN_DATE}"))
+    table = pq.read_table(str(tmp_path / "recs" / f"run_date={RUN_DATE}" / "model=timbre_cosine"))
 
     class Client:
         def query(self, sql, job_config=None):
@@ -244,28 +245,29 @@ def test_parquet_submission_and_bigquery_agree(capsys, tmp_path):
     client = Client()
     songs = evaluate.SongCodes()
     from_bigquery = evaluate.read_bigquery_recommendations("bq://my-project.music.recs",
-                                                           RUN_DATE, songs, client=client)
+                                                           RUN_DATE, songs, client=client,
+                                                           model="timbre_cosine")
     assert "`my-project.music.recs`" in client.sql and "@run_date" in client.sql
-    [parameter] = client.config.query_parameters
-    assert (parameter.name, parameter.type_, str(parameter.value)) == ("run_date", "DATE",
-                                                                       RUN_DATE)
+    assert "@model" in client.sql
+    assert [(p.name, p.type_, str(p.value)) for p in client.config.query_parameters] == [
+        ("run_date", "DATE", RUN_DATE), ("model", "STRING", "timbre_cosine")]
     from_disk = evaluate.read_parquet_recommendations(recommendations, None, songs)
     assert from_disk.run_date == RUN_DATE
     assert {u: x.tolist() for u, x in from_bigquery.lists.items()} == {
         u: x.tolist() for u, x in from_disk.lists.items()}
     with pytest.raises(evaluate.EvaluationError, match="not a BigQuery table"):
-        evaluate.bigquery_recommendations_job("bq://x.y", RUN_DATE)
+        evaluate.bigquery_recommendations_job("bq://x.y", RUN_DATE, "timbre_cosine")
 
 
 def test_parquet_reader_orders_by_rank_and_drops_repeats(tmp_path):
-    row = {"user_id": U1, "model": "m", "history_size": 2, "recommendations": [
+    row = {"user_id": U1, "history_size": 2, "popularity_filled": 0, "recommendations": [
         {"rank": 3, "song_id": song("C"), "track_id": "TR" + "C" * 16, "score": 0.1},
         {"rank": 1, "song_id": song("A"), "track_id": "TR" + "A" * 16, "score": 0.9},
         {"rank": 2, "song_id": song("A"), "track_id": "TR" + "Z" * 16, "score": 0.5},
         {"rank": 4, "song_id": None, "track_id": "TR" + "Y" * 16, "score": 0.0}]}
-    folder = tmp_path / f"run_date={RUN_DATE}"
-    folder.mkdir()
-    pq.write_table(pa.Table.from_pylist([row, dict(row, model="again")], schema=PARQUET_SCHEMA),
+    folder = tmp_path / f"run_date={RUN_DATE}" / "model=m"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([row, dict(row, history_size=3)], schema=PARQUET_SCHEMA),
                    folder / "part-0.parquet")
     songs = evaluate.SongCodes()
     result = evaluate.read_parquet_recommendations(str(tmp_path), None, songs)
@@ -343,7 +345,7 @@ def test_content_beats_random_on_planted_styles_and_the_report_shows_it(capsys, 
 @pytest.mark.parametrize("make_args,message", [
     (lambda t: ["--visible", t["tmp"] / "nope.txt", "--hidden", t["hidden"],
                 "--recommendations", t["recommendations"]], "--visible"),
-    (lambda t: ["--visible", t["visible"], "--hidden", t["hidden"]], "no content model"),
+    (lambda t: ["--visible", t["visible"], "--hidden", t["hidden"]], "no model: give --model_dir"),
     (lambda t: ["--listens", t["visible"], "--recommendations", t["recommendations"]],
      "--holdout_fraction"),
     (lambda t: ["--visible", t["visible"], "--recommendations", t["recommendations"]],

@@ -4,7 +4,7 @@ One run reads a catalogue (feature CSV shards written here) and three listens fi
 bad lines (Taste Profile triplets with a BOM, CRLF, blank lines, no final newline and a 10 MB
 line; a CSV copy with a header; a gzip file) plus a --users file with bad, duplicate and silent
 users. Every test then checks one thing in that run's outputs: the run finishes, every bad line
-is a dead letter (``<output>/_reports/run_date=D/rejected/*.jsonl``) with its reason, the counts
+is a dead letter (``<output>/_reports/run_date=D/model=M/rejected/*.jsonl``) with its reason, the counts
 reconcile, every requested user is accounted for, and the good users' recommendations are
 exactly what a float64 brute force over their good listens gives.
 
@@ -182,9 +182,9 @@ def run(tmp_path_factory):
         "--listens", str(corpus.triplets), "--listens", str(corpus.csv),
         "--listens", str(corpus.gz), "--users", str(corpus.users),
         "--output", str(output), "--k", str(K), "--run_date", RUN_DATE])
-    report = output / "_reports" / f"run_date={RUN_DATE}"
+    report = output / "_reports" / f"run_date={RUN_DATE}" / "model=timbre_cosine"
     rows = {row["user_id"]: row
-            for row in pq.read_table(output / f"run_date={RUN_DATE}").to_pylist()}
+            for row in pq.read_table(output / f"run_date={RUN_DATE}" / "model=timbre_cosine").to_pylist()}
     rejected = [json.loads(line) for path in sorted(report.glob("rejected/*.jsonl"))
                 for line in open(path, encoding="utf-8")]
     on_disk = json.loads((report / "run_summary.json").read_text())
@@ -247,9 +247,9 @@ def test_every_requested_user_is_accounted_for(run):
     corpus, summary, rows = run["corpus"], run["summary"], run["rows"]
     assert set(rows) == set(corpus.requested)
     for user_id in corpus.scored_users:
-        assert rows[user_id]["model"] == "timbre_cosine"
+        assert rows[user_id]["popularity_filled"] == 0
     for user_id in (corpus.silent_user, corpus.rejected_only_user, corpus.unknown_only_user):
-        assert rows[user_id]["model"] == "timbre_cosine:popularity_fallback"
+        assert rows[user_id]["popularity_filled"] == K
         assert rows[user_id]["history_size"] == 0
     assert summary["users_scored"] == len(corpus.scored_users)
     assert summary["users_fallback"] == 3
@@ -323,7 +323,7 @@ def test_a_truncated_gzip_listens_file_is_reported_not_silently_cut(run, tmp_pat
         pytest.fail(f"a truncated .gz listens file ends the job with {type(error).__name__} "
                     f"from inside a library: {str(error)[:300]}")
     rejected = [json.loads(line) for path in
-                (output / "_reports" / f"run_date={RUN_DATE}").glob("rejected/*.jsonl")
+                (output / "_reports" / f"run_date={RUN_DATE}" / "model=timbre_cosine").glob("rejected/*.jsonl")
                 for line in open(path)]
     about_file = [r for r in rejected if r["source"] == str(broken)]
     assert [r["reason"] for r in about_file] == ["truncated_file"], (
@@ -340,7 +340,7 @@ def test_a_truncated_gzip_listens_file_is_reported_not_silently_cut(run, tmp_pat
     assert summary["listen_lines_read"] == 6  # the CSV copy's lines only
     assert summary["listens_rejected_by_reason"] == {"wrong_field_count": 1}
     assert user(1) not in {r["user_id"] for r in pq.read_table(
-        output / f"run_date={RUN_DATE}").to_pylist()}
+        output / f"run_date={RUN_DATE}" / "model=timbre_cosine").to_pylist()}
 
 
 def test_a_compressed_listens_pattern_that_matches_nothing_stops_the_job_naming_it(run, tmp_path):

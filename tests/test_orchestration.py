@@ -158,7 +158,11 @@ def bq_query_calls(workflow: dict) -> dict[str, list[dict]]:
 
 def test_named_queries_get_exactly_their_declared_parameters_and_types(workflow):
     calls = bq_query_calls(workflow)
-    assert set(calls) == set(deploy.WORKFLOW_QUERIES) == {"data_quality", "run_over_run"}
+    assert set(calls) == set(deploy.WORKFLOW_QUERIES) | {deploy.PUBLISH_SCRIPT} == {
+        "data_quality", "run_over_run", "publish"}
+    publish = calls.pop(deploy.PUBLISH_SCRIPT)
+    assert {(p["name"], p["type"]) for p in publish} == {
+        ("run_date", "DATE"), ("model", "STRING"), ("expected_rows", "INT64")}
     for name, passed in calls.items():
         query = query_lib.load_query(name)  # the file exists and its header is consistent
         declared = {(p.name, p.type) for p in query.parameters}
@@ -186,6 +190,13 @@ def test_the_result_columns_the_workflow_reads_exist():
 
 def test_rendered_queries_read_the_configured_tables_and_keep_their_parameters(settings):
     rendered = deploy.render_queries(settings)
+    publish = rendered.pop(deploy.PUBLISH_SCRIPT)
+    # The publish script: the configured table, the staging table of the day the workflow
+    # fills in (run_day) for the configured model, and the run's values as parameters.
+    assert "DELETE FROM `my-project.music.recommendations` WHERE run_date = @run_date AND " \
+           "model = @model" in publish
+    assert "`my-project.music.recommendations__staging_timbre_cosine_{{run_day}}`" in publish
+    assert set(re.findall(r"@(\w+)", publish)) == {"run_date", "model", "expected_rows"}
     for name, sql in rendered.items():
         assert "{{" not in sql and "`my-project.music.recommendations`" in sql
         query = query_lib.load_query(name)
@@ -243,7 +254,8 @@ def test_the_deployment_plan(settings, tmp_path):
     deploy_step = next(j for j in joined if j.startswith("gcloud workflows deploy"))
     assert "--source=orchestration/recommend_daily.workflow.yaml" in deploy_step
     uploads = [c[-1] for c in commands if c[:3] == ["gcloud", "storage", "cp"]]
-    assert uploads == [f"gs://my-bucket/orchestration/queries/{n}.sql" for n in deploy.WORKFLOW_QUERIES]
+    assert uploads == [f"gs://my-bucket/orchestration/queries/{n}.sql"
+                       for n in deploy.WORKFLOW_QUERIES + (deploy.PUBLISH_SCRIPT,)]
 
 
 def test_cloud_build_makes_exactly_the_configured_images(settings):
@@ -260,7 +272,7 @@ def test_cloud_build_makes_exactly_the_configured_images(settings):
 def test_main_prints_the_plan_and_writes_the_build_files(tmp_path, capsys):
     assert deploy.main(["--settings", str(EXAMPLE_SETTINGS), "--build_dir", str(tmp_path)]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].startswith("gcloud builds submit") and len(printed) == 7
+    assert printed[0].startswith("gcloud builds submit") and len(printed) == 8
     env = yaml.safe_load((tmp_path / "workflow_env.yaml").read_text())
     assert json.loads(env["MSD_CONFIG"])["template_spec"] == "gs://my-bucket/templates/msd-recommend.json"
     for name in deploy.WORKFLOW_QUERIES:

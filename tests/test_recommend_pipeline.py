@@ -8,13 +8,14 @@ import pytest
 from msd import listening
 from pipelines import recommend
 from recommend import catalogue as catalogue_lib
+from recommend import models
 from tests.dataflow_dry_run import build_dataflow_job
 
 RUN_DATE = "2026-11-23"
 
 
-def read_rows(output):
-    table = pq.read_table(f"{output}/run_date={RUN_DATE}")
+def read_rows(output, model="timbre_cosine"):
+    table = pq.read_table(f"{output}/run_date={RUN_DATE}/model={model}")
     return {row["user_id"]: row for row in table.to_pylist()}
 
 
@@ -54,7 +55,7 @@ def test_every_user_gets_exactly_k_unlistened_ranked_songs(job_run, synthetic_sa
         assert len(set(tracks)) == 20 and not set(tracks) & set(histories[user_id])
         assert all(a["score"] >= b["score"] for a, b in zip(recs, recs[1:]))
         assert row["history_size"] == len(histories[user_id])
-        assert row["model"] == "timbre_cosine"
+        assert row["popularity_filled"] == 0
 
 
 def test_scores_equal_a_float64_brute_force(job_run, synthetic_sample, synthetic_features):
@@ -80,7 +81,7 @@ def test_counts_reconcile_and_reports_are_written(job_run):
     assert summary["listens_rejected"] == 0 and summary["listens_unknown_song"] == 0
     assert summary["users_scored"] + summary["users_rejected"] == 200
     assert summary["users_fallback"] == 0
-    with open(f"{output}/_reports/run_date={RUN_DATE}/run_summary.json") as handle:
+    with open(f"{output}/_reports/run_date={RUN_DATE}/model=timbre_cosine/run_summary.json") as handle:
         assert json.load(handle)["users_written"] == summary["users_written"]
     rejected = [json.loads(line) for path in (output / "_reports").rglob("part-*.jsonl")
                 for line in open(path)]
@@ -95,6 +96,7 @@ def test_a_rerun_of_the_date_replaces_it_and_gives_the_same_answer(job_run):
     after = read_rows(output)
     assert after == before
     assert sorted(p.name for p in output.iterdir()) == ["_reports", f"run_date={RUN_DATE}"]
+    assert [p.name for p in (output / f"run_date={RUN_DATE}").iterdir()] == ["model=timbre_cosine"]
 
 
 def test_unknown_songs_bad_lines_fallback_users_and_the_submission(
@@ -120,8 +122,8 @@ def test_unknown_songs_bad_lines_fallback_users_and_the_submission(
         "--kaggle_submission", str(submission), "--kaggle_songs", str(kaggle_songs)])
     rows = read_rows(output)
     assert set(rows) == {u_known, u_unknown, u_silent}
-    assert rows[u_known]["model"] == "timbre_cosine" and rows[u_known]["history_size"] == 1
-    assert rows[u_unknown]["model"] == rows[u_silent]["model"] == "timbre_cosine:popularity_fallback"
+    assert rows[u_known]["popularity_filled"] == 0 and rows[u_known]["history_size"] == 1
+    assert rows[u_unknown]["popularity_filled"] == rows[u_silent]["popularity_filled"] == 5
     assert summary["users_scored"] == 1 and summary["users_fallback"] == 2
     assert summary["users_not_requested"] == 200 and summary["requested_users_without_listens"] == 1
     assert summary["listens_unknown_song"] == 2 and summary["listens_rejected"] == 1
@@ -199,3 +201,6 @@ def test_the_ids_only_catalogue_has_the_rows_of_the_full_one(synthetic_features)
         assert full.features.shape[0] == len(full) > 0 and ids.features.shape == (len(full), 0)
         assert ids.track_ids.tolist() == full.track_ids.tolist()
         assert ids.song_ids.tolist() == full.song_ids.tolist()
+        source = models.ModelSource(features=features)
+        catalogue, _ = source.catalogue()
+        assert source.load().song_ids.tolist() == catalogue.song_ids.tolist()

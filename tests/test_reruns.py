@@ -4,7 +4,7 @@ the jobs run, their output folders are watched the way a reader would see them.
 
 Contract checked (issue 6):
 - after a kill, a rerun with the same arguments gives exactly the uninterrupted run's output;
-- a reader never sees a partial output: the recommendation job's ``<output>/run_date=D/`` is
+- a reader never sees a partial output: the recommendation job's ``<output>/run_date=D/model=M/`` is
   absent or complete, and the feature job's outputs appear all together or not at all;
 - no duplicate rows; a rerun of a run_date replaces it, a new run_date adds one;
 - two runs over the same inputs give identical recommendations (same songs, same order, same
@@ -33,6 +33,7 @@ from recommend import catalogue as catalogue_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 D1, D2 = "2026-03-01", "2026-03-02"
+MODEL = "timbre_cosine"  # the partition the content model writes (run_date=D/model=M)
 K = 5
 FINAL_FEATURE_OUTPUTS = ("features/part-*", "csv/part-*", "songs/part-*", "rejected/part-*",
                          "run_summary.json", "transform_fn/saved_model.pb")
@@ -101,7 +102,8 @@ def assert_same_recommendations(got: list[dict], want: list[dict]) -> None:
     """Same users, same songs in the same order; scores equal to float32 rounding."""
     assert [r["user_id"] for r in got] == [r["user_id"] for r in want]
     for a, b in zip(got, want):
-        assert (a["model"], a["history_size"]) == (b["model"], b["history_size"])
+        assert (a["popularity_filled"], a["history_size"]) == (b["popularity_filled"],
+                                                               b["history_size"])
         assert [(x["rank"], x["track_id"], x["song_id"]) for x in a["recommendations"]] == [
             (x["rank"], x["track_id"], x["song_id"]) for x in b["recommendations"]], a["user_id"]
         np.testing.assert_allclose([x["score"] for x in a["recommendations"]],
@@ -131,7 +133,7 @@ def feature_content(output_dir: pathlib.Path) -> dict:
 
 
 def partition_rows(output: pathlib.Path, run_date: str) -> list[dict]:
-    rows = pq.read_table(output / f"run_date={run_date}").to_pylist()
+    rows = pq.read_table(output / f"run_date={run_date}" / f"model={MODEL}").to_pylist()
     return sorted(rows, key=lambda row: row["user_id"])
 
 
@@ -315,7 +317,7 @@ def test_the_rerun_after_a_kill_equals_the_uninterrupted_run(recommend_killed_th
 
 
 def test_the_rerun_after_a_kill_cleans_up_the_killed_runs_staging(recommend_killed_then_rerun):
-    """The killed run's ``_staging/run_date=D-<id>/`` (its half-written Parquet) stays
+    """The killed run's ``_staging/run_date=D-M-<id>/`` (its half-written Parquet) stays
     forever: the publish step removes only its own staging folder. Readers do not look there,
     but every killed run leaks a folder (at scale: GBs on GCS). Expected: a run removes
     stale staging folders of its run_date once it has published."""
@@ -329,14 +331,14 @@ def test_the_rerun_after_a_kill_cleans_up_the_killed_runs_staging(recommend_kill
 def test_a_killed_rerun_of_a_date_keeps_the_previous_partition_and_its_report(
         data, features_reference, recommend_reference):
     """The previous D1 partition stays (it is swapped only on success), but its report does
-    not: the job deletes ``_reports/run_date=D1/`` before it starts, so after a kill the
+    not: the job deletes ``_reports/run_date=D1/model=M/`` before it starts, so after a kill the
     partition has no run_summary.json and a half-written rejected/ beside it. Expected: the
     report is replaced together with the partition (staged the same way)."""
     root, sample = data
     reference_output, _, reference_rows = recommend_reference
     output = root / "recs_rerun_killed"
     shutil.copytree(reference_output, output)
-    report = output / "_reports" / f"run_date={D1}"
+    report = output / "_reports" / f"run_date={D1}" / f"model={MODEL}"
     report_before = sorted(p.relative_to(report).as_posix() for p in report.rglob("*"))
     summary_before = (report / "run_summary.json").read_text()
     args = recommend_args(features_reference[0], sample, output, D1)
@@ -345,7 +347,7 @@ def test_a_killed_rerun_of_a_date_keeps_the_previous_partition_and_its_report(
                               kill_when=lambda s: writing_started(s, "_staging/"))
     assert killed, "the run finished before it could be killed"
     for state in snapshots:  # the partition was there, whole, the whole time
-        assert matching(state, f"run_date={D1}/part-*.parquet")
+        assert matching(state, f"run_date={D1}/model={MODEL}/part-*.parquet")
     assert partition_rows(output, D1) == reference_rows
     report_after = (sorted(p.relative_to(report).as_posix() for p in report.rglob("*"))
                     if report.exists() else [])
@@ -368,11 +370,13 @@ def test_a_new_date_adds_a_partition_and_a_rerun_replaces_only_its_own(
     assert partition_rows(output, D1) == reference_rows
     assert sorted(p.name for p in output.iterdir() if p.name.startswith("run_date=")) == [
         f"run_date={D1}", f"run_date={D2}"]
-    assert len(pq.read_table(output / f"run_date={D2}")) == again["users_written"] == first[
+    assert len(pq.read_table(output / f"run_date={D2}" / f"model={MODEL}")) == again[
+        "users_written"] == first[
         "users_written"]
     # Same inputs on another date: the very same recommendations.
     assert_same_recommendations(rows_d2, reference_rows)
-    summary_d1 = json.loads((output / "_reports" / f"run_date={D1}" / "run_summary.json")
+    summary_d1 = json.loads((output / "_reports" / f"run_date={D1}" / f"model={MODEL}"
+                             / "run_summary.json")
                             .read_text())
     assert summary_d1["run_date"] == D1
 

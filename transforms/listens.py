@@ -1,7 +1,7 @@
-"""Beam transforms from listening files to per-user histories of catalogue tracks.
+"""Beam transforms from listening files to per-user histories of catalogue songs.
 
 Listens are read as bytes (a bad UTF-8 byte rejects one line, not the run), parsed by
-``msd.listening``, resolved from song ids to catalogue tracks by a join on song id, and grouped
+``msd.listening``, checked against the model's catalogue of songs, and grouped
 per user with duplicate user–song lines adding their play counts. Every listen not used goes to
 the dead-letter output with a reason.
 """
@@ -32,15 +32,15 @@ def counter(name: str):
 
 @dataclasses.dataclass(frozen=True)
 class UserHistory:
-    """A user's known listens: catalogue tracks (sorted) with summed play counts."""
+    """A user's known listens: catalogue songs (sorted) with summed play counts."""
     user_id: str
-    track_ids: tuple[str, ...]
+    song_ids: tuple[str, ...]
     play_counts: tuple[int, ...]
     unknown_listens: int = 0
 
     @property
     def size(self) -> int:
-        return len(self.track_ids)
+        return len(self.song_ids)
 
 
 def listen_rejection(listen: listening.Listen, reason: str, detail: str) -> listening.Rejection:
@@ -187,44 +187,15 @@ class ReadListens(beam.PTransform):
         return {LISTENS: parsed[LISTENS], REJECTED: rejected}
 
 
-def catalogue_song_tracks(catalogue_pairs: Iterable[tuple[str, str]],
-                          song_to_tracks: Optional[dict[str, list[str]]],
-                          mismatches: set[tuple[str, str]]) -> tuple[dict[str, str], set[str]]:
-    """song_id → the catalogue track that stands for it, and the songs lost to mismatches.
-
-    ``catalogue_pairs`` are the catalogue's (track_id, song_id). Without ``song_to_tracks`` a
-    song is joined on the song id the features carry; with it, on the listed tracks. Pairs in
-    ``mismatches`` are dropped. When a song has several catalogue tracks the lowest track id
-    stands for it (deterministic).
-    """
-    catalogue_tracks = {}
-    for track_id, song_id in catalogue_pairs:
-        catalogue_tracks[track_id] = song_id
-    if song_to_tracks is None:
-        candidates: dict[str, list[str]] = {}
-        for track_id, song_id in catalogue_tracks.items():
-            candidates.setdefault(song_id, []).append(track_id)
-    else:
-        candidates = {song_id: [t for t in tracks if t in catalogue_tracks]
-                      for song_id, tracks in song_to_tracks.items()}
-    track_of_song, mismatched = {}, set()
-    for song_id, tracks in candidates.items():
-        kept = sorted(t for t in tracks if (song_id, t) not in mismatches)
-        if kept:
-            track_of_song[song_id] = kept[0]
-        elif tracks:
-            mismatched.add(song_id)
-    return track_of_song, mismatched
-
-
 class ResolveListenFn(beam.DoFn):
-    """Listen → (user_id, [(track_id, play_count), …]) for known songs (track None for a song
-    not in the catalogue, which also goes to the dead-letter output with its reason).
+    """Listen → (user_id, [(song_id, play_count), …]) for catalogue songs (None for a song not
+    in the catalogue, which also goes to the dead-letter output with its reason).
 
     Consecutive listens of one user are sent as one element: Taste Profile files are sorted by
     user, so the GroupByKey after this sees about one element per user and file range instead
     of one per listen (it was most of the grouping's cost on the DirectRunner).
-    Side inputs: the song → track map and the set of songs lost to mismatches.
+    Side inputs: the catalogue's songs (any container answering ``in``) and the songs lost to
+    mismatches.
     """
 
     def setup(self):
@@ -236,16 +207,14 @@ class ResolveListenFn(beam.DoFn):
         self._user: Optional[str] = None
         self._run: list[tuple[Optional[str], int]] = []
 
-    def process(self, listen: listening.Listen, track_of_song: dict[str, str],
-                mismatched: set[str]) -> Iterator:
+    def process(self, listen: listening.Listen, catalogue_songs, mismatched) -> Iterator:
         if listen.user_id != self._user:
             if self._run:
                 yield self._user, self._run
             self._user, self._run = listen.user_id, []
-        track_id = track_of_song.get(listen.song_id)
-        if track_id is not None:
+        if listen.song_id in catalogue_songs:
             self._used.inc()
-            self._run.append((track_id, listen.play_count))
+            self._run.append((listen.song_id, listen.play_count))
             return
         if listen.song_id in mismatched:
             self._mismatched.inc()
@@ -266,33 +235,71 @@ class ResolveListenFn(beam.DoFn):
 
 
 def user_history(user_id: str, runs: Iterable[Sequence[tuple[Optional[str], int]]]) -> UserHistory:
-    """Sums duplicate listens of a track over the user's runs of listens; counts the listens
+    """Sums duplicate listens of a song over the user's runs of listens; counts the listens
     of unknown songs."""
     counts: dict[str, int] = {}
     unknown = 0
     for run in runs:
-        for track_id, play_count in run:
-            if track_id is None:
+        for song_id, play_count in run:
+            if song_id is None:
                 unknown += 1
             else:
-                counts[track_id] = counts.get(track_id, 0) + play_count
-    tracks = tuple(sorted(counts))
-    return UserHistory(user_id, tracks, tuple(counts[t] for t in tracks), unknown)
+                counts[song_id] = counts.get(song_id, 0) + play_count
+    songs = tuple(sorted(counts))
+    return UserHistory(user_id, songs, tuple(counts[s] for s in songs), unknown)
 
 
 class GroupHistories(beam.PTransform):
-    """Listens → (UserHistory per user, rejected listens), using the song → track side inputs."""
+    """Listens → (UserHistory per user, rejected listens), given the catalogue's songs and the
+    songs lost to mismatches (singleton side inputs)."""
 
-    def __init__(self, track_of_song, mismatched):
+    def __init__(self, catalogue_songs, mismatched):
         super().__init__()
-        self._track_of_song = track_of_song
+        self._catalogue_songs = catalogue_songs
         self._mismatched = mismatched
 
     def expand(self, listens):
         resolved = listens | "Resolve" >> beam.ParDo(
-            ResolveListenFn(), beam.pvalue.AsSingleton(self._track_of_song),
+            ResolveListenFn(), beam.pvalue.AsSingleton(self._catalogue_songs),
             beam.pvalue.AsSingleton(self._mismatched)).with_outputs(REJECTED, main="resolved")
         histories = (resolved["resolved"]
                      | "ByUser" >> beam.GroupByKey()
                      | "History" >> beam.MapTuple(user_history))
         return histories, resolved[REJECTED]
+
+
+def counters_by_prefix(counters: dict[str, int], prefix: str) -> dict[str, int]:
+    """{rest of the name: value} of the counters whose name starts with ``prefix``."""
+    return {n[len(prefix):]: v for n, v in sorted(counters.items()) if n.startswith(prefix)}
+
+
+def listens_summary(counters: dict[str, int]) -> dict:
+    """The run summary's listening counts (every job that reads listens), and whether they
+    reconcile: files matched = read + rejected; lines read = not data + parsed + rejected;
+    listens parsed = used + of unknown songs + mismatched."""
+    get = lambda name: counters.get(name, 0)
+    listens_rejected = counters_by_prefix(counters, "listens_rejected_")
+    listen_files_rejected = counters_by_prefix(counters, "listen_files_rejected_")
+    listens_parsed = get("listens_parsed")
+    return {
+        "listen_files_matched": get("listen_files_matched"),
+        "listen_files_read": get("listen_files_read"),
+        "listen_files_rejected": sum(listen_files_rejected.values()),
+        "listen_files_rejected_by_reason": listen_files_rejected,
+        # Lines readable in files rejected whole (cut or corrupt compressed files): not parsed.
+        "listen_lines_in_rejected_files": get("listen_lines_in_rejected_files"),
+        "listen_lines_read": get("listen_lines_read"),
+        "listen_lines_not_data": get("listen_lines_not_data"),
+        "listens_parsed": listens_parsed,
+        "listens_rejected": sum(listens_rejected.values()),
+        "listens_rejected_by_reason": listens_rejected,
+        "listens_used": get("listens_used"),
+        "listens_unknown_song": get("listens_unknown_song"),
+        "listens_mismatched": get("listens_mismatched"),
+        "listens_reconcile": get("listen_files_matched") == (
+            get("listen_files_read") + sum(listen_files_rejected.values()))
+            and get("listen_lines_read") == (
+            get("listen_lines_not_data") + listens_parsed + sum(listens_rejected.values()))
+            and listens_parsed == (get("listens_used") + get("listens_unknown_song")
+                                   + get("listens_mismatched")),
+    }

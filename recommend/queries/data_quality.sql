@@ -1,23 +1,30 @@
--- Data-quality checks of one run, one row per check: failing_users (rows or users that fail),
--- an example_user_id, and passed. Checks: run_not_empty; one_row_per_user; exactly_k (every
--- list holds k entries); distinct_songs and distinct_tracks (no song id / track id twice in a
--- list; a NULL song id fails); ranks_1_to_n (ranks are exactly 1..list length); and, when a
--- listens table is given, no_listened_song (no song the user listened to is recommended;
--- passed is NULL when there is no listens table to check against).
+-- Data-quality checks of one run of one model (one (run_date, model) partition), one row per
+-- check: failing_users (rows or users that fail), an example_user_id, and passed. Checks:
+-- run_not_empty (also catches a misspelt model); one_row_per_user; exactly_k (every list holds
+-- k entries); distinct_songs (no song id twice in a list; a NULL song id fails);
+-- distinct_tracks (no track id twice in a list, among the non-NULL ones: a collaborative
+-- model may give no track id); ranks_1_to_n (ranks are exactly 1..list length);
+-- popularity_filled_in_range (0 <= popularity_filled <= list length); and, when a listens
+-- table is given, no_listened_song (no song the user listened to is recommended; passed is
+-- NULL when there is no listens table to check against).
 -- param run_date DATE: the run (partition) to check
+-- param model STRING: the model whose rows to check (e.g. timbre_cosine, itemcf)
 -- param k INT64 = 500: the expected list length
 -- tables: recommendations
 -- optional tables: listens
 WITH run AS (
-  SELECT user_id, recommendations
+  SELECT user_id, popularity_filled, recommendations
   FROM {{recommendations}}
   WHERE run_date = @run_date
+    AND model = @model
 ),
 per_row AS (
   SELECT
     t.user_id,
     ARRAY_LENGTH(t.recommendations) AS entries,
+    t.popularity_filled,
     (SELECT COUNT(DISTINCT r.song_id) FROM UNNEST(t.recommendations) AS r) AS distinct_songs,
+    (SELECT COUNT(r.track_id) FROM UNNEST(t.recommendations) AS r) AS tracks,
     (SELECT COUNT(DISTINCT r.track_id) FROM UNNEST(t.recommendations) AS r) AS distinct_tracks,
     (SELECT COUNT(DISTINCT r.rank) FROM UNNEST(t.recommendations) AS r) AS distinct_ranks,
     (SELECT MIN(r.rank) FROM UNNEST(t.recommendations) AS r) AS min_rank,
@@ -54,8 +61,8 @@ checks AS (
          MIN(IF(distinct_songs != entries, user_id, NULL))
   FROM per_row
   UNION ALL
-  SELECT 5, 'distinct_tracks', COALESCE(COUNTIF(distinct_tracks != entries), 0),
-         MIN(IF(distinct_tracks != entries, user_id, NULL))
+  SELECT 5, 'distinct_tracks', COALESCE(COUNTIF(distinct_tracks != tracks), 0),
+         MIN(IF(distinct_tracks != tracks, user_id, NULL))
   FROM per_row
   UNION ALL
   SELECT 6, 'ranks_1_to_n',
@@ -65,7 +72,12 @@ checks AS (
                                      AND max_rank = entries), user_id, NULL))
   FROM per_row
   UNION ALL
-  SELECT 7, 'no_listened_song', IF(@has_listens, COUNT(*), NULL),
+  SELECT 7, 'popularity_filled_in_range',
+         COALESCE(COUNTIF(NOT COALESCE(popularity_filled BETWEEN 0 AND entries, FALSE)), 0),
+         MIN(IF(COALESCE(popularity_filled BETWEEN 0 AND entries, FALSE), NULL, user_id))
+  FROM per_row
+  UNION ALL
+  SELECT 8, 'no_listened_song', IF(@has_listens, COUNT(*), NULL),
          IF(@has_listens, MIN(user_id), NULL)
   FROM listened_recommended
 )

@@ -1,31 +1,36 @@
--- Users whose top_n changed between two runs, and by how much; only users present in both
--- runs are compared. Per user: songs_entered (tracks in the new top_n that were not in the
--- old), songs_left, songs_kept, songs_moved (kept tracks at another rank), jaccard (kept /
--- union) and mean_rank_shift (mean |rank change| of the kept tracks). Every row also carries
+-- Users whose top_n changed between two runs of one model, and by how much; only users present
+-- in both runs are compared, and songs are compared by song id (track ids may be NULL). Per
+-- user: songs_entered (songs in the new top_n that were not in the old), songs_left,
+-- songs_kept, songs_moved (kept songs at another rank), jaccard (kept / union) and
+-- mean_rank_shift (mean |rank change| of the kept songs). Every row also carries
 -- users_compared and users_changed, the totals before the limit.
 -- param run_date DATE: the newer run
 -- param previous_run_date DATE: the run to compare with
+-- param model STRING: the model whose two runs to compare (e.g. timbre_cosine, itemcf)
 -- param top_n INT64 = 10: compare ranks 1..top_n
 -- param limit INT64 = 100: how many changed users to list (most changed first)
 -- tables: recommendations
 WITH current_top AS (
-  SELECT t.user_id, r.track_id, r.rank
+  SELECT t.user_id, r.song_id, r.rank
   FROM {{recommendations}} AS t
   CROSS JOIN UNNEST(t.recommendations) AS r
   WHERE t.run_date = @run_date
+    AND t.model = @model
     AND r.rank <= @top_n
 ),
 previous_top AS (
-  SELECT t.user_id, r.track_id, r.rank
+  SELECT t.user_id, r.song_id, r.rank
   FROM {{recommendations}} AS t
   CROSS JOIN UNNEST(t.recommendations) AS r
   WHERE t.run_date = @previous_run_date
+    AND t.model = @model
     AND r.rank <= @top_n
 ),
 both_runs AS (
-  SELECT user_id FROM {{recommendations}} WHERE run_date = @run_date
+  SELECT user_id FROM {{recommendations}} WHERE run_date = @run_date AND model = @model
   INTERSECT DISTINCT
-  SELECT user_id FROM {{recommendations}} WHERE run_date = @previous_run_date
+  SELECT user_id FROM {{recommendations}}
+  WHERE run_date = @previous_run_date AND model = @model
 ),
 compared AS (
   SELECT COUNT(*) AS users FROM both_runs
@@ -37,7 +42,7 @@ paired AS (
     p.rank AS previous_rank
   FROM current_top AS c
   FULL OUTER JOIN previous_top AS p
-    ON c.user_id = p.user_id AND c.track_id = p.track_id
+    ON c.user_id = p.user_id AND c.song_id = p.song_id
 ),
 per_user AS (
   SELECT

@@ -1,0 +1,161 @@
+"""Beam transforms of the training job: user histories → the listening matrix → a model.
+
+Item-based CF at Taste Profile scale (48M listens, 1M users, 385k songs) costs Σ_u |h(u)|²
+co-occurrence pairs (billions), so the work is split by blocks of candidate songs: the binary
+users × songs matrix X (≈ 8 bytes per listen: 400 MB at full size) is built once and shared
+with every worker as a side input; ``plan_blocks`` cuts the songs into ranges whose pair count
+fits a memory budget; each range's rows of the model are computed independently
+(``neighbour_block``) after a Reshuffle, so Dataflow spreads the blocks over its workers; the
+rows are put back together in song order and written as one model directory.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Iterator, Optional
+
+import apache_beam as beam
+import numpy as np
+import scipy.sparse as sp
+
+from msd import listening
+from recommend.models import itemcf_similarity
+from transforms.listens import UserHistory, counter
+
+
+class AnySong:
+    """The catalogue of a training run without ``--features``: every song is known."""
+
+    def __contains__(self, song_id: str) -> bool:
+        return True
+
+
+def vocabulary(listener_counts: dict[str, int], min_listeners: int) -> list[str]:
+    """The model's songs: those with at least ``min_listeners`` listeners, sorted."""
+    return sorted(s for s, n in listener_counts.items() if n >= min_listeners)
+
+
+class SongRowsFn(beam.DoFn):
+    """UserHistory → the user's song rows (int32, sorted) among the model's songs; listens of
+    songs with too few listeners go to the dead-letter output (one per listen, with reason)."""
+
+    def process(self, history: UserHistory, songs: list[str], min_listeners: int) -> Iterator:
+        row_of_song = self._rows(songs)
+        rows = []
+        for song_id in history.song_ids:
+            row = row_of_song.get(song_id)
+            if row is None:
+                counter("listens_rare_song").inc()
+                yield beam.pvalue.TaggedOutput("rejected", listening.Rejection(
+                    reason="too_few_listeners", raw=f"{history.user_id}\t{song_id}",
+                    detail=f"song {song_id} has fewer than --min_listeners={min_listeners} "
+                    "listeners; it is not in the model"))
+            else:
+                rows.append(row)
+        if rows:
+            counter("users_in_model").inc()
+            yield np.array(rows, np.int32)
+        else:
+            counter("users_without_model_song").inc()
+
+    _cache: tuple = (None, None)
+
+    def _rows(self, songs: list[str]) -> dict[str, int]:
+        if self._cache[0] is not songs:
+            self._cache = (songs, {song_id: row for row, song_id in enumerate(songs)})
+        return self._cache[1]
+
+
+class ListeningMatrixFn(beam.CombineFn):
+    """Song-row arrays (one per user) → the binary users × songs CSR matrix. Users get rows in
+    the order the arrays arrive; the model does not depend on user order."""
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, parts: list, rows: np.ndarray) -> list:
+        parts.append(rows)
+        return parts
+
+    def merge_accumulators(self, accumulators: Iterable[list]) -> list:
+        merged = []
+        for parts in accumulators:
+            merged.extend(parts)
+        return merged
+
+    def extract_output(self, parts: list):
+        return parts
+
+
+def listening_matrix(parts: list[np.ndarray], num_songs: int) -> sp.csr_matrix:
+    lengths = np.fromiter((len(p) for p in parts), np.int64, count=len(parts))
+    users = np.repeat(np.arange(len(parts), dtype=np.int64), lengths)
+    songs = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+    return itemcf_similarity.listening_matrix(users, songs, len(parts), num_songs)
+
+
+class NeighbourBlockFn(beam.DoFn):
+    """A block of songs → (start, its rows of the model W)."""
+
+    def __init__(self, alpha: float, q: float, top_m: int):
+        self._alpha, self._q, self._top_m = alpha, q, top_m
+
+    def process(self, block: tuple[int, int], matrix: sp.csr_matrix) -> Iterator:
+        start, stop = block
+        listeners = np.bincount(matrix.indices, minlength=matrix.shape[1])
+        rows = itemcf_similarity.neighbour_block(matrix, start, stop, listeners, self._alpha,
+                                                 self._q, self._top_m)
+        counter("model_blocks_done").inc()
+        logging.info("itemcf: songs %d-%d done (%d neighbours)", start, stop, rows.nnz)
+        yield start, rows
+
+
+def assemble(blocks: list[tuple[int, sp.csr_matrix]], num_songs: int) -> sp.csr_matrix:
+    """The model's rows in song order (every song exactly once, or it fails loudly)."""
+    blocks = sorted(blocks, key=lambda item: item[0])
+    covered = sum(rows.shape[0] for _, rows in blocks)
+    if covered != num_songs:
+        raise RuntimeError(f"itemcf: the model blocks cover {covered} songs, not {num_songs}")
+    if not blocks:
+        return sp.csr_matrix((0, 0), dtype=np.float64)
+    model = sp.vstack([rows for _, rows in blocks], format="csr")
+    model.sort_indices()
+    return model
+
+
+class FitItemCF(beam.PTransform):
+    """UserHistories → {"model": one (songs, listeners, W) tuple, "rejected": dead letters}."""
+
+    def __init__(self, min_listeners: int, alpha: float, q: float, top_m: int,
+                 pair_budget: int):
+        super().__init__()
+        self._min_listeners = min_listeners
+        self._alpha, self._q, self._top_m = alpha, q, top_m
+        self._pair_budget = pair_budget
+
+    def expand(self, histories):
+        from transforms.scoring import ListenerCountsFn
+
+        counts = histories | "Listeners" >> beam.CombineGlobally(ListenerCountsFn())
+        songs = counts | "Vocabulary" >> beam.Map(vocabulary, self._min_listeners)
+        rows = histories | "SongRows" >> beam.ParDo(
+            SongRowsFn(), beam.pvalue.AsSingleton(songs), self._min_listeners).with_outputs(
+                "rejected", main="rows")
+        matrix = (rows["rows"]
+                  | "CollectRows" >> beam.CombineGlobally(ListeningMatrixFn())
+                  | "Matrix" >> beam.Map(lambda parts, s: listening_matrix(parts, len(s)),
+                                         beam.pvalue.AsSingleton(songs)))
+        pair_budget = self._pair_budget
+        blocks = (matrix
+                  | "PlanBlocks" >> beam.FlatMap(
+                      lambda m: itemcf_similarity.plan_blocks(m, pair_budget))
+                  | "SpreadBlocks" >> beam.Reshuffle()
+                  | "Neighbours" >> beam.ParDo(
+                      NeighbourBlockFn(self._alpha, self._q, self._top_m),
+                      beam.pvalue.AsSingleton(matrix)))
+        model = (blocks
+                 | "CollectBlocks" >> beam.combiners.ToList()
+                 | "Assemble" >> beam.Map(
+                     lambda parts, s, m: (s, np.asarray(m.sum(axis=0)).ravel().astype(np.int64),
+                                          assemble(parts, len(s))),
+                     beam.pvalue.AsSingleton(songs), beam.pvalue.AsSingleton(matrix)))
+        return {"model": model, "rejected": rows["rejected"]}
