@@ -3,6 +3,7 @@ import glob
 import json
 import os
 import shutil
+import stat
 import sys
 from typing import Callable, Iterable, Optional, Sequence, TypeVar
 
@@ -104,3 +105,72 @@ def patterns_matching_nothing(patterns: Iterable[str]) -> list[str]:
         if not result.metadata_list:
             empty.append(pattern)
     return empty
+
+
+def unreadable_inputs(patterns: Iterable[str]) -> list[str]:
+    """Local inputs that are not regular files, each with what it is: a pipe, device or socket
+    has no size to split into ranges (Beam would read it as empty, or a device without end),
+    and a folder is not a listening file. Patterns (glob characters) and gs:// paths are
+    checked by matching instead."""
+    problems = []
+    for pattern in patterns:
+        if "://" in pattern or any(char in pattern for char in "*?["):
+            continue
+        try:
+            mode = os.stat(pattern).st_mode
+        except OSError:
+            continue  # missing: reported by patterns_matching_nothing
+        if stat.S_ISDIR(mode):
+            problems.append(f"{pattern} is a folder; give a file, or a pattern such as "
+                            f"{pattern.rstrip('/')}/*.txt")
+        elif not stat.S_ISREG(mode):
+            kind = ("a pipe" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode)
+                    or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a file")
+            problems.append(f"{pattern} is {kind}, not a regular file: its size is unknown, so it "
+                            "cannot be read in parallel or checked; write it to a file first "
+                            "(e.g. zcat x.gz > x.txt, or pass the .gz itself)")
+    return problems
+
+
+def _normalised(path: str) -> str:
+    return path.rstrip("/") if "://" in path else os.path.abspath(path)
+
+
+def is_inside(path: str, folder: str) -> bool:
+    """``path`` is ``folder`` or below it (local paths made absolute; gs:// as text)."""
+    path, folder = _normalised(path), _normalised(folder)
+    return path == folder or path.startswith(folder + "/")
+
+
+def paths_overlap(first: str, second: str) -> bool:
+    """One path is the other or below it (a pattern counts from its fixed prefix)."""
+    cut = lambda p: p[:min([p.index(c) for c in "*?[" if c in p] or [len(p)])]
+    first, second = cut(first), cut(second)
+    return bool(first and second) and (is_inside(first, second) or is_inside(second, first))
+
+
+def foreign_entries(folder: str, own_names: Sequence[str], job: str) -> list[str]:
+    """The entries of ``folder`` the product did not write: anything but ``own_names``, or
+    everything when its run_summary.json is missing or not ``job``'s (an empty or absent folder
+    has none). The product replaces only folders for which this is empty."""
+    if "://" not in folder:
+        if not os.path.exists(folder):
+            return []
+        if not os.path.isdir(folder):
+            return [folder]
+        names = sorted(os.listdir(folder))
+    else:
+        prefix = folder.rstrip("/") + "/"
+        matched = FileSystems.match([prefix + "**"])[0].metadata_list
+        names = sorted({m.path[len(prefix):].split("/", 1)[0] for m in matched})
+    if not names:
+        return []
+    summary = FileSystems.join(folder, "run_summary.json")
+    try:
+        with FileSystems.open(summary) as handle:
+            ours = json.loads(handle.read().decode("utf-8")).get("job") == job
+    except Exception:  # noqa: BLE001 - missing or unreadable: not ours
+        ours = False
+    if not ours:
+        return names
+    return [name for name in names if name not in own_names]

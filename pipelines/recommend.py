@@ -13,12 +13,18 @@ Besides the rows, a run writes to --report_dir (default ``<output>/_reports/run_
 ``rejected/`` (JSON lines: every listen, side-file line or user not used, with the reason) and
 ``run_summary.json`` (counts that reconcile, k, model, timings).
 """
+from pipelines import cli
+
+if __name__ == "__main__":  # before anything imports TensorFlow
+    cli.quiet_native_logs()
+
 import argparse
 import datetime
 import json
 import logging
 import os
 import time
+import uuid
 from typing import Optional, Sequence
 
 import apache_beam as beam
@@ -331,17 +337,21 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     partition = f"run_date={run_date.isoformat()}/model={model}"
     source = model_source(recommend_options)
     staging_table = None
-    if writers.looks_like_bigquery(output):
+    bigquery = writers.looks_like_bigquery(output)
+    if bigquery:
         table = writers.parse_bigquery_table(output)
         staging_table = table.staging(run_date, model)
         destination = writers.WriteRecommendationsToBigQuery(
             staging_table, run_date, source, temp_location)
-        report_dir = recommend_options.report_dir or (
-            temp_location and FileSystems.join(temp_location, "recommend_reports", partition))
-        if not report_dir:
-            raise SystemExit("recommend: --report_dir (or --temp_location) is required with a "
-                             "BigQuery --output")
-        staging = None
+        if not temp_location:
+            raise SystemExit("recommend: a BigQuery --output needs --temp_location (gs://…): "
+                             "BigQuery loads the rows from files there")
+        report_dir = recommend_options.report_dir or FileSystems.join(
+            temp_location, "recommend_reports", partition)
+        # The report is staged under --temp_location, and moved to --report_dir once the rows
+        # are published (a template launch writes it in place: nothing here waits for the job).
+        staging = FileSystems.join(temp_location, "recommend_staging",
+                                   f"run_date={run_date.isoformat()}-{model}-{uuid.uuid4().hex[:12]}")
         output_location = f"{table.spec()} (run_date={run_date.isoformat()}, model={model})"
     else:
         if options.view_as(GoogleCloudOptions).template_location:
@@ -360,16 +370,16 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
 
     if not staging_only:
         _check_inputs_exist(recommend_options)
-        if staging:
+        _check_report_dir(recommend_options, report_dir)
+        if not bigquery:
             launcher.delete_matching(FileSystems.join(
                 output.rstrip("/"), writers.STAGING, f"run_date={run_date.isoformat()}-{model}-*"))
-        elif FileSystems.exists(report_dir):
-            FileSystems.delete([report_dir])  # a rerun of this date replaces its reports too
 
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
+    staged_report = FileSystems.join(staging, "report")
     build_pipeline(pipeline, recommend_options, destination,
-                   FileSystems.join(staging, "report") if staging else report_dir, model)
+                   report_dir if staging_only else staged_report, model)
     result = pipeline.run()
     if staging_only:
         logging.info("recommend: the job was built (dry run) or staged (template launch)")
@@ -378,23 +388,63 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     summary = run_summary(launcher.counter_totals(result, listens_lib.METRICS_NAMESPACE),
                           recommend_options, run_date, model, output_location,
                           time.monotonic() - started)
-    if staging:
+    # Everything the run writes is complete in staging before anything becomes visible: a
+    # failure up to here (a short count, a full disk writing the summary) publishes nothing.
+    if not bigquery:
         staged_rows = parquet_row_count(FileSystems.join(staging, "rows"))
         if staged_rows != summary["users_written"]:
             raise SystemExit(
                 f"recommend: the job counted {summary['users_written']} users written but the "
                 f"staged Parquet holds {staged_rows} rows; nothing was published (staging left "
                 f"in {staging} for inspection)")
-        publish_parquet_partition(staging, output, report_dir, run_date, model)
-    else:
+    launcher.write_summary(summary, staged_report, SUMMARY_FILE)
+    if bigquery:
         publish_bigquery_run(table, staging_table, run_date, model, summary["users_written"])
-    launcher.write_summary(summary, report_dir, SUMMARY_FILE)
+        launcher.replace_folder(staged_report, report_dir)
+        FileSystems.delete([staging])
+    else:
+        publish_parquet_partition(staging, output, report_dir, run_date, model)
     summary["report_dir"] = report_dir
     return summary
 
 
+def _inputs(options: RecommendOptions) -> list[tuple[str, str]]:
+    """(flag, path) of every input the job reads."""
+    found = []
+    for flag in ("model_dir", "features", "listens", "song_to_tracks", "mismatches", "users",
+                 "kaggle_songs"):
+        values = getattr(options, flag)
+        for value in [values] if isinstance(values, str) else values or []:
+            found.append((flag, value))
+    return found
+
+
+def _check_report_dir(options: RecommendOptions, report_dir: str) -> None:
+    """The report folder is replaced by each run: it must be the product's own (absent, or a
+    recommend report), and must not hold or sit inside an input, or the rows' output."""
+    for flag, path in _inputs(options):
+        if launcher.paths_overlap(report_dir, path):
+            raise SystemExit(f"recommend: --report_dir {report_dir} overlaps --{flag} {path}: "
+                             "the report folder is replaced by every run; choose another")
+    output = options.output
+    if not writers.looks_like_bigquery(output) and launcher.paths_overlap(report_dir, output) \
+            and not launcher.is_inside(report_dir, FileSystems.join(output.rstrip("/"), "_reports")):
+        raise SystemExit(f"recommend: --report_dir {report_dir} overlaps --output {output}: "
+                         f"use a folder outside it, or under {output.rstrip('/')}/_reports/")
+    foreign = launcher.foreign_entries(report_dir, ("run_summary.json", "rejected"), "recommend")
+    if foreign:
+        raise SystemExit(f"recommend: --report_dir {report_dir} holds files this product did not "
+                         f"write ({', '.join(foreign[:3])}{', …' if len(foreign) > 3 else ''}); "
+                         "each run replaces that folder: choose a new or empty one")
+
+
 def _check_inputs_exist(options: RecommendOptions) -> None:
     """Fails before the job starts when an input matches nothing, naming it."""
+    if options.model_dir:
+        try:
+            models.check_model_dir(options.model_dir)
+        except models.ModelError as error:
+            raise SystemExit(f"recommend: --model_dir: {error}")
     if options.features:
         try:
             catalogue_lib.feature_files(options.features)
@@ -402,14 +452,17 @@ def _check_inputs_exist(options: RecommendOptions) -> None:
             raise SystemExit(f"recommend: --features: {error}")
     for flag in ("listens", "song_to_tracks", "mismatches", "users", "kaggle_songs"):
         values = getattr(options, flag)
-        empty = launcher.patterns_matching_nothing(
-            [values] if isinstance(values, str) else values or [])
+        values = [values] if isinstance(values, str) else values or []
+        problems = launcher.unreadable_inputs(values)
+        if problems:
+            raise SystemExit(f"recommend: --{flag}: {'; '.join(problems)}")
+        empty = launcher.patterns_matching_nothing(values)
         if empty:
             raise SystemExit(f"recommend: --{flag}: no file matches {', '.join(empty)}")
 
 
 def main() -> None:
-    logging.getLogger().setLevel(logging.INFO)
+    cli.configure_logging()
     summary = run()
     if summary:
         print(f"recommend: {summary['users_written']} users written ({summary['users_scored']} "
@@ -420,4 +473,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main("recommend", main)

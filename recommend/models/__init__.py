@@ -51,6 +51,13 @@ def load_model(model_dir: str) -> Recommender:
     return cls.from_arrays(song_ids, arrays, manifest.get("parameters", {}))
 
 
+def check_model_dir(model_dir: str) -> dict:
+    """A model directory checked against its ``model.json`` (kind known, songs, every array's
+    shape and dtype from its header) without loading it; returns the manifest."""
+    manifest = base.read_manifest(model_dir)
+    return base.check_model_dir(model_dir, model_class(manifest["kind"]).stored_arrays)
+
+
 def _side_file(path: Optional[str], reader) -> tuple[object, list]:
     if not path:
         return None, []

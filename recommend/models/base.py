@@ -166,24 +166,58 @@ def read_song_ids(model_dir: str, manifest: Optional[dict] = None) -> np.ndarray
     return np.array(lines, dtype=object)
 
 
+def _check_array(path: str, described: dict, shape: tuple, dtype: np.dtype,
+                 expected: tuple[str, int]) -> None:
+    dtype_kind, ndim = expected
+    if list(shape) != list(described["shape"]) or len(shape) != ndim \
+            or dtype.kind != dtype_kind:
+        raise ModelError(f"{path}: shape {tuple(shape)} dtype {dtype}, expected "
+                         f"{described['shape']} of kind {dtype_kind!r}")
+
+
+def _described(model_dir: str, manifest: dict, name: str, expected: dict) -> dict:
+    described = manifest.get("arrays", {})
+    if name not in described:
+        raise ModelError(f"{model_dir}/{MODEL_FILE} lists no array {name!r} "
+                         f"(a {manifest['kind']} model needs {sorted(expected)})")
+    return described[name]
+
+
+def check_model_dir(model_dir: str, expected: dict[str, tuple[str, int]]) -> dict[str, Any]:
+    """Checks a model directory against its own ``model.json`` without reading the arrays'
+    data (only their headers): what a launcher does before a job starts. Returns the
+    manifest."""
+    manifest = read_manifest(model_dir)
+    read_song_ids(model_dir, manifest)
+    for name in expected:
+        described = _described(model_dir, manifest, name, expected)
+        path = FileSystems.join(model_dir.rstrip("/"), described["file"])
+        try:
+            with FileSystems.open(path) as handle:
+                header = handle.read(4096)
+            stream = io.BytesIO(header)
+            version = np.lib.format.read_magic(stream)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(stream)
+        except (OSError, ValueError) as error:
+            raise ModelError(f"cannot read {path}: {error}") from error
+        _check_array(path, described, shape, dtype, expected[name])
+    return manifest
+
+
 def read_arrays(model_dir: str, manifest: dict, expected: dict[str, tuple[str, int]]
                 ) -> dict[str, np.ndarray]:
     """Every array ``expected`` names, checked against model.json (dtype kind, dimensions)."""
-    described = manifest.get("arrays", {})
     arrays = {}
-    for name, (dtype_kind, ndim) in expected.items():
-        if name not in described:
-            raise ModelError(f"{model_dir}/{MODEL_FILE} lists no array {name!r} "
-                             f"(a {manifest['kind']} model needs {sorted(expected)})")
-        path = FileSystems.join(model_dir.rstrip("/"), described[name]["file"])
+    for name in expected:
+        described = _described(model_dir, manifest, name, expected)
+        path = FileSystems.join(model_dir.rstrip("/"), described["file"])
         try:
             with FileSystems.open(path) as handle:
                 array = np.load(io.BytesIO(handle.read()), allow_pickle=False)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, EOFError) as error:
             raise ModelError(f"cannot read {path}: {error}") from error
-        if list(array.shape) != list(described[name]["shape"]) or array.ndim != ndim \
-                or array.dtype.kind != dtype_kind:
-            raise ModelError(f"{path}: shape {array.shape} dtype {array.dtype}, expected "
-                             f"{described[name]['shape']} of kind {dtype_kind!r}")
+        _check_array(path, described, array.shape, array.dtype, expected[name])
         arrays[name] = array
     return arrays

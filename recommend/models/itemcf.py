@@ -31,6 +31,10 @@ DEFAULT_Q = 3.0
 MAX_BATCH_ENTRIES = 8_000_000
 
 
+def _sorted_distinct(history: np.ndarray) -> bool:
+    return bool((history[1:] > history[:-1]).all())
+
+
 class ItemCFModel(Recommender):
     kind = "itemcf"
     stored_arrays = {"listeners": ("i", 1), "neighbour_indptr": ("i", 1),
@@ -62,23 +66,31 @@ class ItemCFModel(Recommender):
         batch = sp.csr_matrix((np.ones(len(listened)), listened, indptr),
                               shape=(len(histories), n))
         scores = (batch @ self.neighbours).tocsr()
-        users = np.repeat(np.arange(len(histories), dtype=np.int64), np.diff(scores.indptr))
-        columns = scores.indices.astype(np.int64)
-        own = np.repeat(np.arange(len(histories), dtype=np.int64), lengths) * n + listened
-        keep = ~np.isin(users * n + columns, own) & (scores.data > 0)
-        users, columns, values = users[keep], columns[keep], scores.data[keep]
+        # Listened songs: v − v·1 is exactly 0, and zeros are dropped (weights are positive).
+        scores = (scores - scores.multiply(batch)).tocsr()
+        scores.eliminate_zeros()
+        starts, values = scores.indptr, scores.data
+        # Only entries at or above a user's k-th best value can be in the top k: a partition
+        # per long row, then one sort of what is left (far fewer entries than all candidates).
+        thresholds = np.full(len(histories), -np.inf)
+        for user in np.flatnonzero(np.diff(starts) > k).tolist():
+            row = values[starts[user]:starts[user + 1]]
+            thresholds[user] = np.partition(row, len(row) - k)[len(row) - k]
+        users = np.repeat(np.arange(len(histories), dtype=np.int64), np.diff(starts))
+        keep = values >= thresholds[users]
+        users, columns, values = users[keep], scores.indices[keep].astype(np.int64), values[keep]
         order = np.lexsort((columns, -values, users))
         users, columns, values = users[order], columns[order], values[order]
         counts = np.bincount(users, minlength=len(histories))
-        starts = np.zeros(len(histories) + 1, np.int64)
-        np.cumsum(counts, out=starts[1:])
-        rank = np.arange(len(users)) - starts[users]
-        top = rank < k
+        first = np.zeros(len(histories) + 1, np.int64)
+        np.cumsum(counts, out=first[1:])
+        top = (np.arange(len(users)) - first[users]) < k
         return columns[top], values[top], np.minimum(counts, k)
 
     def recommend(self, histories: Sequence[np.ndarray], play_counts: Sequence[np.ndarray],
                   k: int) -> Recommendations:
-        histories = [np.unique(np.asarray(h, dtype=np.int64)) for h in histories]
+        histories = [h if _sorted_distinct(h) else np.unique(h)
+                     for h in (np.asarray(h, dtype=np.int64) for h in histories)]
         rows = np.zeros((len(histories), k), np.int32)
         scores = np.zeros((len(histories), k), np.float64)
         filled = np.zeros(len(histories), np.int32)

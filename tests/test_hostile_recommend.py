@@ -1,0 +1,145 @@
+"""Hostile options and faults for the recommendation job (issue 14): the product writes only
+where it owns the place, a failed run publishes nothing, inputs are what they claim, and an
+expected failure ends with one line and a non-zero exit."""
+import errno
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipelines import cli, launcher, recommend
+from recommend.models import base
+from tests.test_train_pipeline import ReverseIdModel
+
+RUN_DATE = "2026-11-24"
+
+
+@pytest.fixture()
+def toy_model(synthetic_sample, tmp_path, monkeypatch):
+    """A tiny registered model over the synthetic listens' songs (no training needed)."""
+    from msd import listening
+    from recommend import models
+    import numpy as np
+
+    monkeypatch.setitem(models.MODELS, ReverseIdModel.kind, ReverseIdModel)
+    songs = sorted({r.song_id for r in listening.read_listens(synthetic_sample.triplets_path)})
+    base.save_model(ReverseIdModel(np.array(songs, dtype=object)), str(tmp_path / "model"))
+    return str(tmp_path / "model")
+
+
+def job_args(model_dir, listens, output, *extra):
+    return ["--model_dir", model_dir, "--listens", listens, "--output", str(output), "--k", "5",
+            "--run_date", RUN_DATE, *extra]
+
+
+def test_a_report_dir_holding_the_users_files_is_refused_and_left_alone(
+        toy_model, synthetic_sample, tmp_path):
+    mine = tmp_path / "my_folder"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "keep.txt").write_text("mine")
+    (mine / "sub" / "notes.txt").write_text("also mine")
+    with pytest.raises(SystemExit, match=r"holds files this product did not write \(keep.txt, sub\)"):
+        recommend.run(job_args(toy_model, synthetic_sample.triplets_path, tmp_path / "out",
+                               "--report_dir", str(mine)))
+    assert (mine / "keep.txt").read_text() == "mine" and (mine / "sub" / "notes.txt").exists()
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["model_dir", "output", "listens_folder"])
+def test_a_report_dir_overlapping_an_input_or_the_output_is_refused(
+        where, toy_model, synthetic_sample, tmp_path):
+    output = tmp_path / "out"
+    report_dir = {"model_dir": toy_model, "output": str(output),
+                  "listens_folder": os.path.dirname(synthetic_sample.triplets_path)}[where]
+    before = sorted(os.listdir(report_dir)) if os.path.isdir(report_dir) else None
+    with pytest.raises(SystemExit, match="--report_dir .* overlaps"):
+        recommend.run(job_args(toy_model, synthetic_sample.triplets_path, output,
+                               "--report_dir", report_dir))
+    if before is not None:
+        assert sorted(os.listdir(report_dir)) == before
+
+
+def test_a_rerun_replaces_its_own_report_dir(toy_model, synthetic_sample, tmp_path):
+    reports = tmp_path / "reports"
+    args = job_args(toy_model, synthetic_sample.triplets_path, tmp_path / "out",
+                    "--report_dir", str(reports))
+    first = recommend.run(args)
+    again = recommend.run(args)
+    assert first["users_written"] == again["users_written"] > 0
+    assert sorted(os.listdir(reports)) == ["rejected", "run_summary.json"]
+
+
+def test_listens_from_a_pipe_or_a_folder_are_refused_not_read_as_empty(
+        toy_model, tmp_path):
+    fifo = tmp_path / "listens.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(SystemExit, match="--listens: .*listens.fifo is a pipe, not a regular file"):
+        recommend.run(job_args(toy_model, str(fifo), tmp_path / "out"))
+    with pytest.raises(SystemExit, match="--listens: .* is a folder; give a file, or a pattern"):
+        recommend.run(job_args(toy_model, str(tmp_path), tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("failing_step", ["write_summary", "replace_folder"])
+def test_a_run_that_fails_while_publishing_leaves_the_previous_output(
+        failing_step, toy_model, synthetic_sample, tmp_path, monkeypatch):
+    """A full disk while the summary or the partition is written: the previous partition and
+    its report stay readable and complete, and a rerun repairs everything."""
+    output = tmp_path / "out"
+    args = job_args(toy_model, synthetic_sample.triplets_path, output)
+    recommend.run(args)
+    partition = output / f"run_date={RUN_DATE}" / "model=toy_reverse"
+    report = output / "_reports" / f"run_date={RUN_DATE}" / "model=toy_reverse"
+    snapshot = {p: p.read_bytes() for p in list(partition.rglob("*")) + list(report.rglob("*"))
+                if p.is_file()}
+
+    def disk_full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(output))
+
+    working = getattr(launcher, failing_step)
+    monkeypatch.setattr(launcher, failing_step, disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        recommend.run(args)
+    assert {p: p.read_bytes() for p in snapshot} == snapshot
+    monkeypatch.setattr(launcher, failing_step, working)
+    repaired = recommend.run(args)
+    assert repaired["users_written"] > 0 and not list((output / "_staging").glob("*"))
+
+
+def test_a_bigquery_output_without_a_temp_location_is_refused_before_the_job(toy_model, tmp_path):
+    with pytest.raises(SystemExit, match="BigQuery --output needs --temp_location"):
+        recommend.run(["--model_dir", toy_model, "--listens", "x.txt",
+                       "--output", "my-project:music.recommendations"])
+
+
+def test_native_start_up_noise_is_recognised_and_everything_else_kept():
+    noise = [b"I0000 00:00:1796025614.116757   10799 port.cc:153] oneDNN custom operations are on.\n",
+             b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",
+             b"E0000 00:00:1796025621.286852   10799 cuda_platform.cc:52] failed call to cuInit: "
+             b"INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)\n",
+             b"W1130 07:22:31.123456  1234 some_file.cc:12] a warning\n"]
+    kept = [b"recommend: 10 users written\n",
+            b"E1130 07:22:31.123456  1234 tf_record_dataset_op.cc:1] DATA_LOSS: corrupted record\n",
+            b"Traceback (most recent call last):\n"]
+    assert all(cli.is_noise(line) for line in noise)
+    assert not any(cli.is_noise(line) for line in kept)
+    assert cli.one_line(OSError(errno.EACCES, "Permission denied", "/x/y")) == "/x/y: Permission denied"
+    assert cli.one_line(RuntimeError("long text\n  File x\nValueError: the cause")) == (
+        "ValueError: the cause")
+
+
+def test_the_cli_prints_one_line_and_no_native_noise(tmp_path):
+    """As a user runs it: a bad --model_dir ends with one line naming it, exit status 1, no
+    traceback and no TensorFlow/absl start-up lines."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "listens.txt").write_text(f"{'a' * 40}\tSOAAAAAAAAAAAAAAAA\t1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.recommend", "--model_dir", str(tmp_path / "model"),
+         "--listens", str(tmp_path / "listens.txt"), "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"recommend: --model_dir: {tmp_path / 'model'} holds no model.json: not a "
+                     "model directory (or its training run did not finish)"], result.stderr
