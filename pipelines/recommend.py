@@ -126,6 +126,24 @@ def model_name(options: "RecommendOptions") -> str:
         options.model_dir).kind
 
 
+SIDE_FILE_COUNTER = "side_file_rejected"
+
+
+def side_file_flags(options: "RecommendOptions") -> dict[str, str]:
+    """Side file path → its flag, to count each dead letter under its source."""
+    return {getattr(options, flag): flag for flag in ("song_to_tracks", "mismatches", "users")
+            if getattr(options, flag)}
+
+
+def count_side_file_rejection(rejection: listening.Rejection, flags: dict[str, str]
+                              ) -> listening.Rejection:
+    """Counts a side file's dead letter as ``side_file_rejected.<flag>.<reason>`` (so the run
+    summary reconciles with ``rejected/``) and passes it on."""
+    flag = flags.get(rejection.source, "other")
+    listens_lib.counter(f"{SIDE_FILE_COUNTER}.{flag}.{rejection.reason}").inc()
+    return rejection
+
+
 def catalogue_index(source: models.ModelSource) -> tuple[list, frozenset, list]:
     """Built on one worker: (the catalogue's songs, sorted; songs lost to mismatches; the side
     files' rejections)."""
@@ -194,7 +212,10 @@ def build_pipeline(pipeline: beam.Pipeline, options: RecommendOptions,
              | "CatalogueIndex" >> beam.Map(catalogue_index))
     catalogue_songs = index | "CatalogueSongs" >> beam.Map(lambda i: frozenset(i[0]))
     mismatched = index | "Mismatched" >> beam.Map(lambda i: i[1])
-    side_file_rejections = index | "SideFileRejections" >> beam.FlatMap(lambda i: i[2])
+    flags = side_file_flags(options)
+    side_file_rejections = (index | "SideFileRejections" >> beam.FlatMap(lambda i: i[2])
+                            | "CountSideFileRejections" >> beam.Map(count_side_file_rejection,
+                                                                    flags))
 
     parsed = pipeline | "ReadListens" >> listens_lib.ReadListens(options.listens,
                                                                  options.max_play_count)
@@ -206,7 +227,8 @@ def build_pipeline(pipeline: beam.Pipeline, options: RecommendOptions,
     if options.users:
         requested = (pipeline | "UsersFile" >> beam.Create([options.users])
                      | "ReadUsers" >> beam.Map(_requested_users))
-        rejections.append(requested | "UsersRejections" >> beam.FlatMap(lambda r: r[1]))
+        rejections.append(requested | "UsersRejections" >> beam.FlatMap(lambda r: r[1])
+                          | "CountUsersRejections" >> beam.Map(count_side_file_rejection, flags))
         requested_keys = requested | "UserKeys" >> beam.FlatMap(lambda r: [(u, True) for u in r[0]])
         histories = (
             {"histories": histories | "KeyHistory" >> beam.Map(lambda h: (h.user_id, h)),
@@ -297,6 +319,10 @@ def run_summary(counters: dict[str, int], options: RecommendOptions, run_date: d
     """Counts that reconcile (listens and users), the run's parameters and its duration."""
     get = lambda name: counters.get(name, 0)
     users_rejected = listens_lib.counters_by_prefix(counters, "users_rejected_")
+    side_files: dict[str, dict[str, int]] = {}
+    for name, value in listens_lib.counters_by_prefix(counters, SIDE_FILE_COUNTER + ".").items():
+        flag, reason = name.split(".", 1)
+        side_files.setdefault(flag, {})[reason] = value
     return {
         "job": "recommend",
         "run_date": run_date.isoformat(),
@@ -315,6 +341,9 @@ def run_summary(counters: dict[str, int], options: RecommendOptions, run_date: d
         "users_written": get("users_scored") + get("users_fallback"),
         "users_not_requested": get("users_not_requested"),
         "requested_users_without_listens": get("requested_users_without_listens"),
+        # Dead letters of --song_to_tracks, --mismatches and --users, by file and reason.
+        "side_files_rejected_by_source": side_files,
+        "side_files_rejected": sum(n for reasons in side_files.values() for n in reasons.values()),
     }
 
 

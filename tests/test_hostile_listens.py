@@ -265,6 +265,9 @@ def test_bad_lines_of_the_users_file_are_dead_letters(run):
                               if r["reason"] in corpus.users_rejected
                               and r["source"] == str(corpus.users))
     assert got == corpus.users_rejected
+    # Counted in the run summary under their source and reason (reconciles with rejected/).
+    assert run["summary"]["side_files_rejected_by_source"] == {"users": dict(got)}
+    assert run["summary"]["side_files_rejected"] == sum(got.values())
 
 
 def test_every_row_is_k_distinct_unlistened_songs_best_first(run):

@@ -110,6 +110,7 @@ def test_itemcf_fills_short_lists_with_the_most_popular_unlistened_songs():
     listening[2:6, 3] = 1      # 4 listeners
     listening[2:5, 5] = 1      # 3 listeners
     listening[2:4, [4, 6]] = 1  # 2 listeners each: tie, song 4 first
+    listening[5, 7:10] = 1     # 1 listener each (every song of a model has listeners)
     model = itemcf_model(listening)
     result = model.recommend([np.array([0])], [None], k=5)
     assert result.rows[0].tolist() == [1, 2, 3, 5, 4] and result.filled.tolist() == [3]

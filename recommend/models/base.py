@@ -160,7 +160,10 @@ def read_song_ids(model_dir: str, manifest: Optional[dict] = None) -> np.ndarray
     bad = next((line for line in lines if not SONG_ID.fullmatch(line)), None)
     if bad is not None:
         raise ModelError(f"{path}: {bad!r} is not a song id")
-    if len(lines) != manifest.get("songs"):
+    if not isinstance(manifest.get("songs"), int) or isinstance(manifest.get("songs"), bool):
+        raise ModelError(f"{model_dir}/{MODEL_FILE}: songs must be a whole number, got "
+                         f"{manifest.get('songs')!r}")
+    if len(lines) != manifest["songs"]:
         raise ModelError(f"{path} lists {len(lines)} songs, model.json says "
                          f"{manifest.get('songs')}")
     return np.array(lines, dtype=object)

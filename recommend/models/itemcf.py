@@ -47,8 +47,15 @@ class ItemCFModel(Recommender):
         n = len(self.song_ids)
         if neighbours.shape != (n, n):
             raise ModelError(f"itemcf: neighbour matrix {neighbours.shape} for {n} songs")
-        if neighbours.nnz and not np.isfinite(neighbours.data).all():
-            raise ModelError("itemcf: the neighbour weights hold NaN/Inf")
+        if neighbours.nnz and not (np.isfinite(neighbours.data) & (neighbours.data > 0)).all():
+            raise ModelError("itemcf: the neighbour weights must be positive and finite")
+        indices, indptr = neighbours.indices, neighbours.indptr
+        within_row = np.ones(len(indices), bool)
+        within_row[indptr[1:-1][indptr[1:-1] < len(indices)]] = False
+        if len(indices) > 1 and not (np.diff(indices.astype(np.int64)) > 0)[within_row[1:]].all():
+            raise ModelError("itemcf: a song's neighbours must be distinct and sorted")
+        if n and np.asarray(listeners).min() < 1:
+            raise ModelError("itemcf: every song of the model has at least one listener")
         self.popularity = PopularityModel(self.song_ids, listeners)
         self.neighbours = neighbours.tocsr()
         self.alpha, self.q, self.top_m, self.min_listeners = alpha, q, top_m, min_listeners
@@ -140,8 +147,11 @@ class ItemCFModel(Recommender):
             raise ModelError(f"itemcf: the neighbour arrays do not describe a {n} × {n} "
                              "sparse matrix (indptr, indices, weights disagree)")
         neighbours = sp.csr_matrix((weights, indices, indptr), shape=(n, n))
-        return cls(song_ids, arrays["listeners"], neighbours,
-                   alpha=float(parameters.get("alpha", DEFAULT_ALPHA)),
-                   q=float(parameters.get("q", DEFAULT_Q)),
-                   top_m=int(parameters.get("top_m", 0)),
-                   min_listeners=int(parameters.get("min_listeners", 1)))
+        try:
+            values = {"alpha": float(parameters.get("alpha", DEFAULT_ALPHA)),
+                      "q": float(parameters.get("q", DEFAULT_Q)),
+                      "top_m": int(parameters.get("top_m", 0)),
+                      "min_listeners": int(parameters.get("min_listeners", 1))}
+        except (TypeError, ValueError) as error:
+            raise ModelError(f"itemcf: model.json parameters {parameters}: {error}") from error
+        return cls(song_ids, arrays["listeners"], neighbours, **values)
