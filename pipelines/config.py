@@ -101,7 +101,7 @@ def add_listening_arguments(parser: argparse.ArgumentParser) -> None:
         parser, "--model", default=None,
         help="recommend: the model name recorded with every row and naming the partition "
              "(default: timbre_cosine for --features, the model's kind for --model_dir); "
-             "train: the model to train (itemcf).")
+             "train: the model to train (itemcf, als).")
 
 
 def add_output_dir_argument(parser: argparse.ArgumentParser) -> None:

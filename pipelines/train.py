@@ -1,6 +1,7 @@
 """``python -m pipelines.train``: listening data → a trained recommendation model directory.
 
     python -m pipelines.train --model itemcf --listens train_triplets.txt --output_dir out/models/itemcf
+    python -m pipelines.train --model als --factors 64 --listens train_triplets.txt --output_dir out/models/als
     python -m pipelines.train --config configs/dataflow_cpu.yaml --model itemcf \\
         --listens gs://b/train_triplets.txt --output_dir gs://b/models/itemcf/2026-11-30
 
@@ -12,6 +13,7 @@ sees the previous model, no model (a clear error), or the new one. ``--output_di
 ``run_summary.json`` and ``rejected/*.jsonl`` (every listen not in the model, with its reason).
 """
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -26,6 +28,7 @@ from msd import listening
 from pipelines import config as config_lib
 from pipelines import launcher
 from recommend import models
+from recommend.models import als as als_lib
 from recommend.models import base as model_base
 from recommend.models import itemcf_similarity
 from transforms import listens as listens_lib
@@ -33,7 +36,7 @@ from transforms import training
 
 SUMMARY_FILE = "run_summary.json"
 STAGING = "_staging"
-TRAINABLE = ("itemcf",)
+TRAINABLE = ("itemcf", "als")
 
 
 class TrainOptions(PipelineOptions):
@@ -55,6 +58,31 @@ class TrainOptions(PipelineOptions):
                             default=itemcf_similarity.DEFAULT_PAIR_BUDGET,
                             help="itemcf: co-occurrence pairs per work block (≈ 25 bytes each: "
                             "bounds a worker's memory).")
+        parser.add_argument("--factors", type=int, default=als_lib.DEFAULT_FACTORS,
+                            help="als: latent factors per user and song.")
+        parser.add_argument("--regularization", type=float,
+                            default=als_lib.DEFAULT_REGULARIZATION,
+                            help="als: λ, the L2 penalty on every factor vector (not scaled "
+                            "by the number of listens, as in implicit).")
+        parser.add_argument("--als_alpha", type=float, default=als_lib.DEFAULT_ALPHA,
+                            help="als: α of the confidence of a listen with play count r "
+                            "(c = 1 + α·r, or 1 + α·log(1 + r) with --confidence log). Not "
+                            "itemcf's --alpha.")
+        parser.add_argument("--confidence", default=als_lib.DEFAULT_CONFIDENCE,
+                            help=f"als: confidence of a listen, one of "
+                            f"{', '.join(als_lib.CONFIDENCES)}.")
+        parser.add_argument("--iterations", type=int, default=als_lib.DEFAULT_ITERATIONS,
+                            help="als: alternating least squares sweeps.")
+        parser.add_argument("--seed", type=int, default=0,
+                            help="als: seed of the initial factors and the validation split "
+                            "(the same data and seed give the same model).")
+        parser.add_argument("--validation_fraction", type=float,
+                            default=als_lib.DEFAULT_VALIDATION_FRACTION,
+                            help=f"als: share of the users (at most "
+                            f"{als_lib.MAX_VALIDATION_USERS}) half of whose songs are held out "
+                            "of the fit to report a validation mAP@500 while training (at "
+                            f"{als_lib.VALIDATION_POINTS} evenly spaced iterations); 0 fits "
+                            "every listen.")
         config_lib.add_overwrite_argument(parser)
 
     def validate_train_options(self) -> list[str]:
@@ -70,6 +98,13 @@ class TrainOptions(PipelineOptions):
             problems.append(f"--q must be positive, got {self.q}")
         if self.top_m < 1:
             problems.append(f"--top_m must be at least 1, got {self.top_m}")
+        if (self.model or "itemcf") == "als":
+            problems.extend(als_lib.check_parameters(self.factors, self.regularization,
+                                                     self.als_alpha, self.confidence,
+                                                     self.iterations))
+            if not 0.0 <= self.validation_fraction < 1.0:
+                problems.append(f"--validation_fraction must be in [0, 1), got "
+                                f"{self.validation_fraction}")
         if self.pair_budget < 1:
             problems.append(f"--pair_budget must be at least 1, got {self.pair_budget}")
         if self.max_play_count < 1:
@@ -107,6 +142,31 @@ def save_itemcf(fitted, options: TrainOptions, model_dir: str) -> int:
     return len(song_ids)
 
 
+def als_parameters(options: TrainOptions) -> als_lib.ALSParameters:
+    return als_lib.ALSParameters(
+        factors=options.factors, regularization=options.regularization,
+        alpha=options.als_alpha, confidence=options.confidence, iterations=options.iterations,
+        seed=options.seed, validation_fraction=options.validation_fraction)
+
+
+def save_als(fitted, options: TrainOptions, model_dir: str) -> int:
+    """Writes the fitted ALS model (its training loss and validation mAP per iteration in
+    model.json's metrics); returns its number of songs."""
+    song_ids, listeners, item_factors, metrics = fitted
+    if item_factors is None:
+        return 0  # nothing to model: the launcher reports it and publishes nothing
+    model = als_lib.ALSModel(song_ids, item_factors, listeners,
+                             regularization=options.regularization, alpha=options.als_alpha,
+                             confidence_variant=options.confidence,
+                             iterations=options.iterations, seed=options.seed,
+                             min_listeners=options.min_listeners)
+    model_base.save_model(model, model_dir, training={
+        "listens": list(options.listens), "features": options.features,
+        "songs": len(song_ids), "user_song_pairs": int(listeners.sum()),
+        "validation_fraction": options.validation_fraction}, metrics=metrics)
+    return len(song_ids)
+
+
 def build_pipeline(pipeline: beam.Pipeline, options: TrainOptions, model_dir: str,
                    report_dir: str) -> None:
     index = (pipeline
@@ -117,9 +177,15 @@ def build_pipeline(pipeline: beam.Pipeline, options: TrainOptions, model_dir: st
     histories, unresolved = parsed[listens_lib.LISTENS] | "Histories" >> listens_lib.GroupHistories(
         index | "Songs" >> beam.Map(lambda i: i[0]),
         index | "Mismatched" >> beam.Map(lambda i: i[1]))
-    fitted = histories | "Fit" >> training.FitItemCF(
-        options.min_listeners, options.alpha, options.q, options.top_m, options.pair_budget)
-    _ = fitted["model"] | "Save" >> beam.Map(save_itemcf, options, model_dir)
+    if options.model == "als":
+        fitted = histories | "Fit" >> training.FitALS(options.min_listeners,
+                                                      als_parameters(options))
+        _ = fitted["model"] | "Save" >> beam.Map(save_als, options, model_dir)
+    else:
+        fitted = histories | "Fit" >> training.FitItemCF(
+            options.min_listeners, options.alpha, options.q, options.top_m,
+            options.pair_budget)
+        _ = fitted["model"] | "Save" >> beam.Map(save_itemcf, options, model_dir)
     _ = ((parsed[listens_lib.REJECTED], unresolved, fitted["rejected"],
           index | "SideFileRejections" >> beam.FlatMap(lambda i: i[2]))
          | "AllRejections" >> beam.Flatten()
@@ -129,13 +195,21 @@ def build_pipeline(pipeline: beam.Pipeline, options: TrainOptions, model_dir: st
                                                   file_name_suffix=".jsonl"))
 
 
+def model_parameters(options: TrainOptions) -> dict:
+    """The options that shape the trained model (those of ``--model``)."""
+    if options.model == "als":
+        return {**dataclasses.asdict(als_parameters(options)),
+                "min_listeners": options.min_listeners}
+    return {"alpha": options.alpha, "q": options.q, "top_m": options.top_m,
+            "min_listeners": options.min_listeners}
+
+
 def run_summary(counters: dict[str, int], options: TrainOptions, seconds: float) -> dict:
     get = lambda name: counters.get(name, 0)
     return {
         "job": "train",
         "model": options.model,
-        "parameters": {"alpha": options.alpha, "q": options.q, "top_m": options.top_m,
-                       "min_listeners": options.min_listeners},
+        "parameters": model_parameters(options),
         "duration_seconds": round(seconds, 3),
         **listens_lib.listens_summary(counters),
         # Distinct (user, song) pairs of songs below --min_listeners: dead letters too.

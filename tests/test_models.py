@@ -51,8 +51,19 @@ def popularity_model(songs=40, seed=2):
     return PopularityModel(np.array([song(i) for i in range(songs)], dtype=object), listeners)
 
 
+def als_model(songs=40, factors=5, seed=4):
+    """ALS item factors as training leaves them (any float32 matrix is a valid model)."""
+    from recommend.models.als import ALSModel
+
+    rng = np.random.default_rng(seed)
+    return ALSModel(np.array([song(i) for i in range(songs)], dtype=object),
+                    rng.normal(size=(songs, factors)).astype(np.float32),
+                    rng.integers(1, 6, size=songs), regularization=0.3, alpha=2.0)
+
+
 MODEL_FACTORIES = {"itemcf": lambda: itemcf_model(random_listening()),
-                   "content": content_model, "popularity": popularity_model}
+                   "content": content_model, "popularity": popularity_model,
+                   "als": als_model}
 
 
 @pytest.mark.parametrize("kind", sorted(MODEL_FACTORIES))

@@ -7,8 +7,16 @@ with every worker as a side input; ``plan_blocks`` cuts the songs into ranges wh
 fits a memory budget; each range's rows of the model are computed independently
 (``neighbour_block``) after a Reshuffle, so Dataflow spreads the blocks over its workers; the
 rows are put back together in song order and written as one model directory.
+
+Every model trains from the same prepared data (``PrepareListening``): the listener counts,
+the vocabulary (songs with at least ``min_listeners`` listeners), each user's song rows and
+play counts (listens of other songs are dead letters) and one users × songs matrix, its users
+in user-id order whatever order the runner delivers them in. ALS (``FitALS``) fits the play-count
+matrix on one worker (``recommend.models.als.fit_als``).
 """
 from __future__ import annotations
+
+import dataclasses
 
 import logging
 from typing import Iterable, Iterator, Optional
@@ -18,6 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from msd import listening
+from recommend.models import als as als_lib
 from recommend.models import itemcf_similarity
 from transforms.listens import UserHistory, counter
 
@@ -34,14 +43,22 @@ def vocabulary(listener_counts: dict[str, int], min_listeners: int) -> list[str]
     return sorted(s for s, n in listener_counts.items() if n >= min_listeners)
 
 
+@dataclasses.dataclass(frozen=True)
+class UserRows:
+    """A user's listens among the model's songs: rows (int32, sorted) and play counts."""
+    user_id: str
+    rows: np.ndarray         # int32
+    play_counts: np.ndarray  # int64
+
+
 class SongRowsFn(beam.DoFn):
-    """UserHistory → the user's song rows (int32, sorted) among the model's songs; listens of
-    songs with too few listeners go to the dead-letter output (one per listen, with reason)."""
+    """UserHistory → ``UserRows`` among the model's songs; listens of songs with too few
+    listeners go to the dead-letter output (one per listen, with reason)."""
 
     def process(self, history: UserHistory, songs: list[str], min_listeners: int) -> Iterator:
         row_of_song = self._rows(songs)
-        rows = []
-        for song_id in history.song_ids:
+        rows, counts = [], []
+        for song_id, play_count in zip(history.song_ids, history.play_counts):
             row = row_of_song.get(song_id)
             if row is None:
                 counter("listens_rare_song").inc()
@@ -51,9 +68,10 @@ class SongRowsFn(beam.DoFn):
                     "listeners; it is not in the model"))
             else:
                 rows.append(row)
+                counts.append(play_count)
         if rows:
             counter("users_in_model").inc()
-            yield np.array(rows, np.int32)
+            yield UserRows(history.user_id, np.array(rows, np.int32), np.array(counts, np.int64))
         else:
             counter("users_without_model_song").inc()
 
@@ -66,13 +84,13 @@ class SongRowsFn(beam.DoFn):
 
 
 class ListeningMatrixFn(beam.CombineFn):
-    """Song-row arrays (one per user) → the binary users × songs CSR matrix. Users get rows in
-    the order the arrays arrive; the model does not depend on user order."""
+    """``UserRows`` (one per user) → all of them in one list (``listening_matrix`` builds the
+    matrix, users in user-id order)."""
 
     def create_accumulator(self):
         return []
 
-    def add_input(self, parts: list, rows: np.ndarray) -> list:
+    def add_input(self, parts: list, rows: UserRows) -> list:
         parts.append(rows)
         return parts
 
@@ -86,11 +104,59 @@ class ListeningMatrixFn(beam.CombineFn):
         return parts
 
 
-def listening_matrix(parts: list[np.ndarray], num_songs: int) -> sp.csr_matrix:
-    lengths = np.fromiter((len(p) for p in parts), np.int64, count=len(parts))
+MATRIX_VALUES = ("binary", "play_counts")
+
+
+def listening_matrix(parts: list[UserRows], num_songs: int, values: str = "binary"
+                     ) -> sp.csr_matrix:
+    """The users × songs CSR matrix, row u = the u-th user by user id: ``binary`` (int32 ones,
+    itemcf) or ``play_counts`` (int64, ALS's confidences). A sorted user order makes a seeded
+    fit repeatable whatever order the runner delivers the users in."""
+    if values not in MATRIX_VALUES:
+        raise ValueError(f"matrix values {values!r}: expected one of {MATRIX_VALUES}")
+    parts = sorted(parts, key=lambda part: part.user_id)
+    lengths = np.fromiter((len(p.rows) for p in parts), np.int64, count=len(parts))
     users = np.repeat(np.arange(len(parts), dtype=np.int64), lengths)
-    songs = np.concatenate(parts) if parts else np.zeros(0, np.int32)
-    return itemcf_similarity.listening_matrix(users, songs, len(parts), num_songs)
+    songs = np.concatenate([p.rows for p in parts]) if parts else np.zeros(0, np.int32)
+    if values == "binary":
+        return itemcf_similarity.listening_matrix(users, songs, len(parts), num_songs)
+    counts = (np.concatenate([p.play_counts for p in parts]) if parts
+              else np.zeros(0, np.int64))
+    matrix = sp.csr_matrix((counts, (users, songs)), shape=(len(parts), num_songs))
+    matrix.sum_duplicates()
+    return matrix
+
+
+def song_listeners(matrix: sp.csr_matrix) -> np.ndarray:
+    """int64 [songs]: users per song (the popularity fill's counts)."""
+    return np.bincount(matrix.indices, minlength=matrix.shape[1]).astype(np.int64)
+
+
+class PrepareListening(beam.PTransform):
+    """UserHistories → {"songs": the vocabulary (one sorted list), "matrix": one users × songs
+    matrix of ``values``, "rejected": listens of songs below ``min_listeners``}: the data
+    preparation every trained model shares."""
+
+    def __init__(self, min_listeners: int, values: str = "binary"):
+        super().__init__()
+        if values not in MATRIX_VALUES:
+            raise ValueError(f"matrix values {values!r}: expected one of {MATRIX_VALUES}")
+        self._min_listeners, self._values = min_listeners, values
+
+    def expand(self, histories):
+        from transforms.scoring import ListenerCountsFn
+
+        counts = histories | "Listeners" >> beam.CombineGlobally(ListenerCountsFn())
+        songs = counts | "Vocabulary" >> beam.Map(vocabulary, self._min_listeners)
+        rows = histories | "SongRows" >> beam.ParDo(
+            SongRowsFn(), beam.pvalue.AsSingleton(songs), self._min_listeners).with_outputs(
+                "rejected", main="rows")
+        values = self._values
+        matrix = (rows["rows"]
+                  | "CollectRows" >> beam.CombineGlobally(ListeningMatrixFn())
+                  | "Matrix" >> beam.Map(lambda parts, s: listening_matrix(parts, len(s), values),
+                                         beam.pvalue.AsSingleton(songs)))
+        return {"songs": songs, "matrix": matrix, "rejected": rows["rejected"]}
 
 
 class NeighbourBlockFn(beam.DoFn):
@@ -133,17 +199,8 @@ class FitItemCF(beam.PTransform):
         self._pair_budget = pair_budget
 
     def expand(self, histories):
-        from transforms.scoring import ListenerCountsFn
-
-        counts = histories | "Listeners" >> beam.CombineGlobally(ListenerCountsFn())
-        songs = counts | "Vocabulary" >> beam.Map(vocabulary, self._min_listeners)
-        rows = histories | "SongRows" >> beam.ParDo(
-            SongRowsFn(), beam.pvalue.AsSingleton(songs), self._min_listeners).with_outputs(
-                "rejected", main="rows")
-        matrix = (rows["rows"]
-                  | "CollectRows" >> beam.CombineGlobally(ListeningMatrixFn())
-                  | "Matrix" >> beam.Map(lambda parts, s: listening_matrix(parts, len(s)),
-                                         beam.pvalue.AsSingleton(songs)))
+        prepared = histories | "Prepare" >> PrepareListening(self._min_listeners, "binary")
+        songs, matrix = prepared["songs"], prepared["matrix"]
         pair_budget = self._pair_budget
         blocks = (matrix
                   | "PlanBlocks" >> beam.FlatMap(
@@ -155,7 +212,32 @@ class FitItemCF(beam.PTransform):
         model = (blocks
                  | "CollectBlocks" >> beam.combiners.ToList()
                  | "Assemble" >> beam.Map(
-                     lambda parts, s, m: (s, np.asarray(m.sum(axis=0)).ravel().astype(np.int64),
-                                          assemble(parts, len(s))),
+                     lambda parts, s, m: (s, song_listeners(m), assemble(parts, len(s))),
                      beam.pvalue.AsSingleton(songs), beam.pvalue.AsSingleton(matrix)))
-        return {"model": model, "rejected": rows["rejected"]}
+        return {"model": model, "rejected": prepared["rejected"]}
+
+
+def fit_als_model(matrix: sp.csr_matrix, songs: list[str], parameters: als_lib.ALSParameters
+                  ) -> tuple:
+    """(songs, listeners, item factors, training metrics); nothing to fit without songs."""
+    if not songs or not matrix.nnz:
+        return songs, song_listeners(matrix), None, {}
+    counter("als_fits").inc()
+    item_factors, metrics = als_lib.fit_als(matrix, parameters)
+    return songs, song_listeners(matrix), item_factors, metrics
+
+
+class FitALS(beam.PTransform):
+    """UserHistories → {"model": one (songs, listeners, item factors, metrics) tuple,
+    "rejected": dead letters}. The data preparation is Beam's (``PrepareListening``); the fit
+    runs on one worker (implicit's multithreaded CPU solver)."""
+
+    def __init__(self, min_listeners: int, parameters: als_lib.ALSParameters):
+        super().__init__()
+        self._min_listeners, self._parameters = min_listeners, parameters
+
+    def expand(self, histories):
+        prepared = histories | "Prepare" >> PrepareListening(self._min_listeners, "play_counts")
+        model = prepared["matrix"] | "ALS" >> beam.Map(
+            fit_als_model, beam.pvalue.AsSingleton(prepared["songs"]), self._parameters)
+        return {"model": model, "rejected": prepared["rejected"]}

@@ -26,6 +26,7 @@ MODELS: dict[str, str] = {
     "content": "recommend.models.content:ContentModel",
     "popularity": "recommend.models.popularity:PopularityModel",
     "itemcf": "recommend.models.itemcf:ItemCFModel",
+    "als": "recommend.models.als:ALSModel",
 }
 
 
