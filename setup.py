@@ -21,7 +21,7 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest==9.2.0", "hypothesis==6.170.15"],
+    "test": ["pytest==9.2.0", "hypothesis==6.170.15", "gcp-storage-emulator==2026.7.19"],
     "local": ["duckdb==2.0.0", "sqlglot==30.30.0", "matplotlib==3.11.2"],
     "bench": ["faiss-cpu==1.15.1"],
 }

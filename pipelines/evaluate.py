@@ -40,6 +40,7 @@ import io
 import itertools
 import json
 import math
+import os
 import pathlib
 import random
 import sys
@@ -290,22 +291,81 @@ def add_recommendation_rows(result: RecommendationSet, table: Any, songs: SongCo
             result.history_size[user_id] = int(history_sizes[row])
 
 
-def _run_folders(root: pathlib.Path) -> dict[str, pathlib.Path]:
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def _base_name(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1] if _is_remote(path) else \
+        os.path.basename(os.path.normpath(path))
+
+
+def _parent(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[0] if _is_remote(path) else \
+        os.path.dirname(os.path.normpath(path))
+
+
+def _is_folder(path: str) -> bool:
+    """A local folder, or on GCS (no folders) a prefix with at least one object below it."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if not _is_remote(path):
+        return os.path.isdir(path)
+    return bool(FileSystems.match([path.rstrip("/") + "/**"], limits=[1])[0].metadata_list)
+
+
+def _subfolders(folder: str, prefix: str) -> dict[str, str]:
+    """name → path of the folders directly in ``folder`` whose names start with ``prefix``
+    (on GCS: the ones with at least one object below them)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if not _is_remote(folder):
+        return {entry.name: entry.path for entry in os.scandir(folder)
+                if entry.name.startswith(prefix) and entry.is_dir()}
+    root = folder.rstrip("/")
+    found = {}
+    for metadata in FileSystems.match([f"{root}/{prefix}*/**"])[0].metadata_list:
+        name = metadata.path[len(root) + 1:].split("/", 1)[0]
+        found[name] = f"{root}/{name}"
+    return found
+
+
+def _parquet_files(folder: str) -> list[str]:
+    """The ``*.parquet`` files directly in ``folder`` (local or gs://), sorted."""
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = FileSystems.join(folder.rstrip("/") if _is_remote(folder) else folder, "*.parquet")
+    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
+def _open_parquet(path: str) -> Any:
+    """A pyarrow ParquetFile: local files directly, gs:// ones through Beam's file systems (a
+    seekable reader, so only the footer and the columns read are fetched)."""
+    import pyarrow.parquet as pq
+
+    if not _is_remote(path):
+        return pq.ParquetFile(path)
+    from apache_beam.io.filesystems import FileSystems
+
+    return pq.ParquetFile(FileSystems.open(path, compression_type="uncompressed"))
+
+
+def _run_folders(root: str) -> dict[str, str]:
     folders = {}
-    for folder in root.glob("run_date=*"):
-        text = folder.name[len("run_date="):]
+    for name, folder in _subfolders(root, "run_date=").items():
+        text = name[len("run_date="):]
         try:
             datetime.date.fromisoformat(text)
         except ValueError:
             continue
-        if folder.is_dir():
-            folders[text] = folder
+        folders[text] = folder
     return folders
 
 
-def _model_folder(run_folder: pathlib.Path, model: Optional[str]) -> pathlib.Path:
+def _model_folder(run_folder: str, model: Optional[str]) -> str:
     """The ``model=NAME`` partition of a run folder: ``model``, or the only one there is."""
-    names = sorted(p.name[len("model="):] for p in run_folder.glob("model=*") if p.is_dir())
+    folders = _subfolders(run_folder, "model=")
+    names = sorted(name[len("model="):] for name in folders)
     if model is None:
         if len(names) != 1:
             raise EvaluationError(f"{run_folder} holds the models {', '.join(names) or 'none'}: "
@@ -314,26 +374,24 @@ def _model_folder(run_folder: pathlib.Path, model: Optional[str]) -> pathlib.Pat
     if model not in names:
         raise EvaluationError(f"--model {model}: no such model in {run_folder} (models: "
                               f"{', '.join(names) or 'none'})")
-    return run_folder / f"model={model}"
+    return folders[f"model={model}"]
 
 
 def read_parquet_recommendations(directory: str, run_date: Optional[str], songs: SongCodes,
                                  model: Optional[str] = None) -> RecommendationSet:
-    """One run of one model in the job's local output
+    """One run of one model in the job's Parquet output, local or gs://
     (``DIR/run_date=YYYY-MM-DD/model=NAME/*.parquet``; the latest run unless ``run_date`` is
     given, the only model unless ``model`` is). ``DIR`` may also be a run_date= or model=
     folder itself."""
-    import pyarrow.parquet as pq
-
-    root = pathlib.Path(directory)
-    if not root.is_dir():
+    if not _is_folder(directory):
         raise EvaluationError(f"--recommendations {directory}: no such folder")
-    if root.name.startswith("model=") and root.parent.name.startswith("run_date="):
-        folder, run_date = root, root.parent.name[len("run_date="):]
-    elif root.name.startswith("run_date="):
-        folder, run_date = _model_folder(root, model), root.name[len("run_date="):]
+    name, parent_name = _base_name(directory), _base_name(_parent(directory))
+    if name.startswith("model=") and parent_name.startswith("run_date="):
+        folder, run_date = directory.rstrip("/"), parent_name[len("run_date="):]
+    elif name.startswith("run_date="):
+        folder, run_date = _model_folder(directory, model), name[len("run_date="):]
     else:
-        runs = _run_folders(root)
+        runs = _run_folders(directory)
         if not runs:
             raise EvaluationError(f"--recommendations {directory}: no run_date=YYYY-MM-DD "
                                   "folders (the recommendation job's --output)")
@@ -343,14 +401,14 @@ def read_parquet_recommendations(directory: str, run_date: Optional[str], songs:
             raise EvaluationError(f"--run_date {run_date}: no such run in {directory} (runs: "
                                   f"{', '.join(sorted(runs))})")
         folder = _model_folder(runs[run_date], model)
-    files = sorted(str(path) for path in folder.glob("*.parquet"))
+    files = _parquet_files(folder)
     if not files:
         raise EvaluationError(f"{folder}: no Parquet files")
     result = RecommendationSet(str(folder), {}, {}, {}, {}, run_date=run_date,
-                               model=folder.name[len("model="):])
+                               model=_base_name(folder)[len("model="):])
     for path in files:
         try:
-            parquet = pq.ParquetFile(path)
+            parquet = _open_parquet(path)
             # Only the leaves the evaluation uses: track ids are half of the bytes.
             paths = [parquet.schema.column(i).path for i in range(len(parquet.schema))]
             columns = [p for p in paths if p in ("user_id", "model", "history_size",
@@ -1029,15 +1087,26 @@ def run_evaluation(args: argparse.Namespace, log=print) -> Optional[dict[str, An
 
 
 def _song_ids_from_parquet(songs_dir: str) -> list[str]:
-    import pyarrow.parquet as pq
+    """The song ids of a songs Parquet file, folder or feature output (its songs/), local or
+    gs://."""
+    import pyarrow as pa
+    from apache_beam.io.filesystems import FileSystems
 
-    path = pathlib.Path(songs_dir)
-    files = [path] if path.is_file() else sorted(path.glob("*.parquet")) or \
-        sorted((path / "songs").glob("*.parquet"))
+    if _is_remote(songs_dir):
+        files = [songs_dir] if FileSystems.exists(songs_dir) else \
+            _parquet_files(songs_dir) or _parquet_files(FileSystems.join(songs_dir.rstrip("/"),
+                                                                         "songs"))
+    else:
+        files = [songs_dir] if os.path.isfile(songs_dir) else \
+            _parquet_files(songs_dir) or _parquet_files(os.path.join(songs_dir, "songs"))
     if not files:
         raise EvaluationError(f"--songs {songs_dir}: no Parquet files")
-    return pq.read_table([str(f) for f in files], columns=["song_id"]).column(
-        "song_id").drop_null().to_pylist()
+    try:
+        tables = [_open_parquet(path).read(columns=["song_id"]) for path in files]
+    except Exception as error:  # pyarrow raises several types for unreadable files
+        raise EvaluationError(f"--songs {songs_dir}: cannot read the Parquet files ({error})"
+                              ) from error
+    return pa.concat_tables(tables).column("song_id").drop_null().to_pylist()
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ run_summary.json (counts that reconcile, options, duration).
 import argparse
 import datetime
 import logging
+import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -22,7 +24,7 @@ import apache_beam as beam
 import tensorflow_transform.beam as tft_beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
-                                                  TestOptions)
+                                                  StandardOptions, TestOptions)
 
 from msd import hdf5_reader
 from pipelines import config as config_lib
@@ -92,7 +94,8 @@ def read_unique_songs(pipeline: beam.Pipeline, options: FeaturesOptions, pattern
 
 
 def normalise(songs: beam.PCollection, normalization: str, temp_dir: str, output_dir: str):
-    """Songs → (transformed RecordBatches, their schema); the TFT graph goes to ``output_dir``."""
+    """Songs → (transformed RecordBatches, their schema); the TFT graph goes to ``output_dir``
+    (written by TensorFlow's own file system client, like everything under ``temp_dir``)."""
     record_batches = (
         songs
         | "Batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=2048)
@@ -108,10 +111,13 @@ def normalise(songs: beam.PCollection, normalization: str, temp_dir: str, output
 
 
 def build_pipeline(pipeline: beam.Pipeline, options: FeaturesOptions, patterns: Sequence[str],
-                   temp_dir: str, output_dir: str) -> None:
-    """Adds the whole feature job to ``pipeline``, writing its outputs under ``output_dir``."""
+                   temp_dir: str, output_dir: str, tft_output_dir: Optional[str] = None) -> None:
+    """Adds the whole feature job to ``pipeline``, writing its outputs under ``output_dir``
+    (TFT's ``transform_fn/`` and ``transformed_metadata/`` under ``tft_output_dir`` when given:
+    a local folder the caller copies them from)."""
     songs = read_unique_songs(pipeline, options, patterns, output_dir)
-    batches, schema = normalise(songs, options.normalization, temp_dir, output_dir)
+    batches, schema = normalise(songs, options.normalization, temp_dir,
+                                tft_output_dir or output_dir)
     _ = batches | "Write" >> write_features.WriteFeatures(
         output_dir, schema, options.view_as(config_lib.OutputOptions).num_shards)
 
@@ -142,20 +148,67 @@ def run_summary(counters: dict[str, int], options: FeaturesOptions, patterns: Se
 
 
 STAGING = "_staging"
+TFT_ARTEFACTS = ("transform_fn", "transformed_metadata")
+# Runners that execute the job in (or beside) this process, on this machine's file system.
+LOCAL_RUNNERS = ("directrunner", "bundlebaseddirectrunner", "switchingdirectrunner",
+                 "prismrunner")
+
+
+def runs_on_this_machine(options: PipelineOptions) -> bool:
+    """True for the direct and Prism runners (the default): the workers are this machine."""
+    runner = options.view_as(StandardOptions).runner
+    if runner is None:
+        return True
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    name = name.rsplit(".", 1)[-1].lower()
+    return name in LOCAL_RUNNERS or f"{name}runner" in LOCAL_RUNNERS
+
+
+def copy_folder(source: str, destination: str) -> int:
+    """Copies every file below the local folder ``source`` to ``destination`` (local or gs://,
+    through Beam's file systems); returns how many files were copied."""
+    copied = 0
+    for root, _, names in os.walk(source):
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, source).replace(os.sep, "/")
+            with open(path, "rb") as handle, \
+                    FileSystems.create(FileSystems.join(destination, relative)) as out:
+                shutil.copyfileobj(handle, out, 8 << 20)
+            copied += 1
+    return copied
+
+
+def _exists(path: str) -> bool:
+    """A file or folder at ``path``. GCS has no folders: there a folder exists while some object
+    lies below it (``FileSystems.exists`` only sees an object of that exact name)."""
+    if FileSystems.exists(path):
+        return True
+    if "://" not in path:
+        return False
+    return bool(FileSystems.match([path.rstrip("/") + "/**"], limits=[1])[0].metadata_list)
+
+
+def _delete(path: str) -> None:
+    """Deletes the file or folder ``path`` (on GCS: every object below it, which
+    ``FileSystems.delete`` does only for a path ending in "/")."""
+    if "://" in path and not FileSystems.exists(path):
+        path = path.rstrip("/") + "/"
+    FileSystems.delete([path])
 
 
 def _check_output_dir(output_dir: str, overwrite: bool) -> None:
     """Refuses to replace an earlier run's outputs without --overwrite; clears what a killed
     run left in the staging area (never visible to readers)."""
     existing = [name for name in OUTPUT_SUBDIRS + (SUMMARY_FILE,)
-                if FileSystems.exists(FileSystems.join(output_dir, name))]
+                if _exists(FileSystems.join(output_dir, name))]
     if existing and not overwrite:
         raise SystemExit(
             f"features: {output_dir} already holds outputs of an earlier run "
             f"({', '.join(existing)}); pass --overwrite to replace them")
     leftovers = FileSystems.join(output_dir, STAGING)
-    if FileSystems.exists(leftovers):
-        FileSystems.delete([leftovers])
+    if _exists(leftovers):
+        _delete(leftovers)
 
 
 def publish_outputs(staging: str, output_dir: str) -> None:
@@ -167,11 +220,14 @@ def publish_outputs(staging: str, output_dir: str) -> None:
     for name in OUTPUT_SUBDIRS:
         staged = FileSystems.join(staging, name)
         final = FileSystems.join(output_dir, name)
-        if FileSystems.exists(staged):
+        if _exists(staged):
+            if "://" in final and _exists(final):
+                _delete(final)  # what launcher.replace_folder's delete does not reach on GCS
             launcher.replace_folder(staged, final)
-        elif FileSystems.exists(final):
-            FileSystems.delete([final])
-    FileSystems.delete([staging])
+        elif _exists(final):
+            _delete(final)
+    if _exists(staging):
+        _delete(staging)
     launcher.remove_if_empty(FileSystems.join(output_dir, STAGING))
 
 
@@ -193,21 +249,41 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     staging = None if staging_only else FileSystems.join(output_dir, STAGING, uuid.uuid4().hex[:12])
     temp_location = options.view_as(GoogleCloudOptions).temp_location
     temp_dir = FileSystems.join(temp_location or staging or output_dir, "tft_tmp")
+    # TFT writes its temporary files and transform_fn through TensorFlow's own file system
+    # client, not Beam's. On Dataflow that must be a shared location (gs://), as above. When the
+    # job runs on this machine, TFT works in a local folder and its artefacts are copied to a
+    # remote output through Beam's file systems after the run (TensorFlow's gs:// client
+    # ignores STORAGE_EMULATOR_HOST and has other credentials than Beam's).
+    local_tft = None
     if options.view_as(TestOptions).dry_run:
         # TFT creates its temp dir while the job is built; a dry run has no GCS to create it on.
         temp_dir = tempfile.mkdtemp(prefix="tft_dry_run_")
+    elif (not staging_only and runs_on_this_machine(options)
+          and ("://" in temp_dir or "://" in output_dir)):
+        local_tft = tempfile.mkdtemp(prefix="tft_local_")
+        temp_dir = os.path.join(local_tft, "tft_tmp")
+    tft_output_dir = os.path.join(local_tft, "artefacts") if local_tft and "://" in output_dir \
+        else None
 
     started = time.monotonic()
-    pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, features_options, patterns, temp_dir, staging or output_dir)
-    result = pipeline.run()
-    if staging_only:
-        logging.info("features: the job was built (dry run) or staged (template launch)")
-        return None
-    result.wait_until_finish()
-    summary = run_summary(launcher.counter_totals(result, read_msd.METRICS_NAMESPACE),
-                          features_options, patterns, time.monotonic() - started)
-    if not temp_location and FileSystems.exists(temp_dir):
+    try:
+        pipeline = beam.Pipeline(options=options)
+        build_pipeline(pipeline, features_options, patterns, temp_dir, staging or output_dir,
+                       tft_output_dir)
+        result = pipeline.run()
+        if staging_only:
+            logging.info("features: the job was built (dry run) or staged (template launch)")
+            return None
+        result.wait_until_finish()
+        summary = run_summary(launcher.counter_totals(result, read_msd.METRICS_NAMESPACE),
+                              features_options, patterns, time.monotonic() - started)
+        if tft_output_dir:
+            for name in TFT_ARTEFACTS:
+                copy_folder(os.path.join(tft_output_dir, name), FileSystems.join(staging, name))
+    finally:
+        if local_tft:
+            shutil.rmtree(local_tft, ignore_errors=True)
+    if not temp_location and not local_tft and FileSystems.exists(temp_dir):
         FileSystems.delete([temp_dir])
     publish_outputs(staging, output_dir)
     launcher.write_summary(summary, output_dir, SUMMARY_FILE)

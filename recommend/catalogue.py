@@ -3,15 +3,22 @@
 Accepted ``--features`` values: the feature pipeline's ``--output_dir`` (its TFRecord shards are
 used), or a file pattern of its TFRecord (``*.tfrecord.gz``) or CSV (``*.csv``) shards, local or
 gs://. Rows are sorted by track id so that row numbers are the same in every process.
+
+Every file is read through Beam's file systems (so a gs:// catalogue is read with Beam's GCS
+client and its credentials, and a local GCS emulator serves it too); TFRecord framing is decoded
+here, each record's CRC32C checked, and the ``tf.train.Example`` protos parsed by TensorFlow.
 """
 import dataclasses
 import io
 import logging
-from typing import Iterable, Optional, Sequence
+import struct
+import zlib
+from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 
@@ -58,30 +65,107 @@ def feature_files(features: str) -> tuple[list[str], str]:
     return paths, formats.pop()
 
 
+_TFRECORD_READ_BYTES = 8 << 20  # decompressed bytes read at a time
+_TFRECORD_BATCH = 8192          # records parsed by one tf.io.parse_example call
+
+
+def _masked_crc32c(data: bytes) -> int:
+    """TFRecord's checksum: CRC32C, rotated right by 15 bits, plus a constant."""
+    import google_crc32c  # a dependency of google-cloud-storage (apache-beam[gcp])
+
+    crc = google_crc32c.value(data)
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def tfrecord_records(path: str, compression_type: str = CompressionTypes.GZIP
+                     ) -> Iterator[bytes]:
+    """The records of one TFRecord file (local or gs://, through Beam's file systems), each
+    checked against its length and data checksums. Framing per record: uint64 length, uint32
+    masked CRC32C of the length, the data, uint32 masked CRC32C of the data (little-endian).
+    A damaged, truncated or undecompressable file is a CatalogueError naming the file."""
+    buffer = bytearray()
+    start = 0
+    number = 0
+    try:
+        with FileSystems.open(path, compression_type=compression_type) as handle:
+            at_end = False
+
+            def have(count: int) -> bool:
+                nonlocal start, at_end
+                while len(buffer) - start < count and not at_end:
+                    if start:
+                        del buffer[:start]
+                        start = 0
+                    chunk = handle.read(max(_TFRECORD_READ_BYTES, count))
+                    if chunk:
+                        buffer.extend(chunk)
+                    else:
+                        at_end = True
+                return len(buffer) - start >= count
+
+            while have(1):
+                if not have(12):
+                    raise CatalogueError(f"{path}: the file ends inside the header of record "
+                                         f"{number + 1} (truncated TFRecord file)")
+                header = bytes(buffer[start:start + 12])
+                length, length_crc = struct.unpack("<QI", header)
+                if _masked_crc32c(header[:8]) != length_crc:
+                    raise CatalogueError(f"{path}: record {number + 1} has a bad length checksum "
+                                         "(not a TFRecord file, or a damaged one)")
+                if not have(12 + length + 4):
+                    raise CatalogueError(f"{path}: the file ends inside record {number + 1} "
+                                         "(truncated TFRecord file)")
+                data = bytes(buffer[start + 12:start + 12 + length])
+                (data_crc,) = struct.unpack("<I", buffer[start + 12 + length:start + 16 + length])
+                if _masked_crc32c(data) != data_crc:
+                    raise CatalogueError(f"{path}: record {number + 1} has a bad data checksum "
+                                         "(damaged TFRecord file)")
+                start += 16 + length
+                number += 1
+                yield data
+    except (OSError, EOFError, zlib.error) as error:
+        raise CatalogueError(f"{path}: cannot read the TFRecord file ({error})") from error
+
+
 def _read_tfrecords(paths: Sequence[str], with_features: bool = True
                     ) -> tuple[list[str], list[str], np.ndarray]:
-    import tensorflow as tf  # only this format needs TensorFlow
+    import tensorflow as tf  # only this format needs TensorFlow (to parse tf.train.Example)
 
     spec = {"track_id": tf.io.FixedLenFeature([], tf.string),
             "song_id": tf.io.FixedLenFeature([], tf.string)}
     if with_features:
         spec["features"] = tf.io.RaggedFeature(tf.float32)
     track_ids, song_ids, rows = [], [], []
-    dataset = tf.data.TFRecordDataset(list(paths), compression_type="GZIP").batch(8192)
-    try:
-        for serialized in dataset:
-            parsed = tf.io.parse_example(serialized, spec)
-            track_ids.extend(t.decode() for t in parsed["track_id"].numpy())
-            song_ids.extend(s.decode() for s in parsed["song_id"].numpy())
-            if not with_features:
-                continue
-            widths = set(parsed["features"].row_lengths().numpy().tolist())
-            if len(widths) != 1:
-                raise CatalogueError(f"feature vectors of different lengths {sorted(widths)} in "
-                                     f"the files starting with {paths[0]}")
-            rows.append(parsed["features"].to_tensor().numpy())
-    except tf.errors.OpError as error:
-        raise CatalogueError(f"cannot read the TFRecord feature files: {error.message}") from error
+
+    def parse(path: str, serialized: list[bytes]) -> None:
+        try:
+            parsed = tf.io.parse_example(tf.constant(serialized, dtype=tf.string), spec)
+        except tf.errors.OpError as error:
+            raise CatalogueError(f"{path}: cannot parse the feature records: "
+                                 f"{error.message.splitlines()[0]}") from error
+        track_ids.extend(t.decode() for t in parsed["track_id"].numpy())
+        song_ids.extend(s.decode() for s in parsed["song_id"].numpy())
+        if not with_features:
+            return
+        widths = set(parsed["features"].row_lengths().numpy().tolist())
+        if len(widths) != 1:
+            raise CatalogueError(f"feature vectors of different lengths {sorted(widths)} in "
+                                 f"the files starting with {paths[0]}")
+        rows.append(parsed["features"].to_tensor().numpy())
+
+    for path in paths:
+        batch: list[bytes] = []
+        for record in tfrecord_records(path):
+            batch.append(record)
+            if len(batch) == _TFRECORD_BATCH:
+                parse(path, batch)
+                batch = []
+        if batch:
+            parse(path, batch)
+    if with_features and len({row.shape[1] for row in rows}) > 1:
+        raise CatalogueError(f"feature vectors of different lengths "
+                             f"{sorted({row.shape[1] for row in rows})} in the files starting "
+                             f"with {paths[0]}")
     return track_ids, song_ids, np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
 
 

@@ -7,10 +7,18 @@ Signature ``serving_default``: inputs ``listened_songs`` int32 [None] (catalogue
 count) and ``no_recom_songs`` int32 scalar (k); output ``recom_songs_ids`` int32 [k]: the k best
 catalogue rows not listened to, by F·Σ listened vectors, ties by the lower row. Row numbers are
 the catalogue's (track ids sorted; ``track_ids.txt`` is written beside the model to map them).
+
+``--export_dir`` may be local or gs://. TensorFlow writes a SavedModel through its own file
+system client, which has other credentials than Beam's and ignores a GCS emulator; so a gs://
+export is saved into a local temporary folder first and copied file by file through Beam's
+file systems (``track_ids.txt`` last).
 """
 import argparse
 import logging
+import os
+import shutil
 import sys
+import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
@@ -48,12 +56,33 @@ class CatalogueRecommenderModule(tf.Module):
         return {"recom_songs_ids": rows}
 
 
+def _copy_folder(source: str, destination: str) -> int:
+    """Copies every file below the local folder ``source`` to ``destination`` (gs:// or local,
+    through Beam's file systems); returns how many files were copied."""
+    copied = 0
+    for root, _, names in os.walk(source):
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, source).replace(os.sep, "/")
+            with open(path, "rb") as handle, \
+                    FileSystems.create(FileSystems.join(destination, relative)) as out:
+                shutil.copyfileobj(handle, out, 8 << 20)
+            copied += 1
+    return copied
+
+
 def export(features: str, export_dir: str) -> str:
     """Writes the SavedModel (and track_ids.txt) for the catalogue behind ``features``."""
     catalogue = catalogue_lib.load_catalogue(features)
     module = CatalogueRecommenderModule(catalogue.features)
-    tf.saved_model.save(module, export_dir,
-                        signatures={"serving_default": module.recommend})
+    if "://" in export_dir:
+        export_dir = export_dir.rstrip("/")
+        with tempfile.TemporaryDirectory(prefix="saved_model_") as local:
+            tf.saved_model.save(module, local, signatures={"serving_default": module.recommend})
+            _copy_folder(local, export_dir)
+    else:
+        tf.saved_model.save(module, export_dir,
+                            signatures={"serving_default": module.recommend})
     with FileSystems.create(FileSystems.join(export_dir, "track_ids.txt")) as handle:
         handle.write(("\n".join(catalogue.track_ids.tolist()) + "\n").encode("utf-8"))
     return export_dir

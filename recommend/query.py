@@ -44,6 +44,7 @@ import os
 import pathlib
 import re
 import sys
+import tempfile
 from typing import Any, Mapping, Optional, Sequence
 
 QUERIES_DIR = pathlib.Path(__file__).resolve().parent / "queries"
@@ -351,19 +352,60 @@ def to_duckdb_sql(sql: str) -> str:
         raise QueryError(f"sqlglot cannot translate the query to DuckDB: {error}") from error
 
 
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def _files_below(folder: str) -> list[tuple[tuple[str, ...], str]]:
+    """Every file below ``folder`` (local or gs://, listed through Beam's file systems) as
+    (its path parts relative to ``folder``, its full path), sorted by the parts."""
+    from apache_beam.io.filesystems import FileSystems
+
+    root = folder.rstrip("/") if _is_remote(folder) else os.path.normpath(folder)
+    separator = "/" if _is_remote(folder) else os.sep
+    found = []
+    for metadata in FileSystems.match([FileSystems.join(root, "**")])[0].metadata_list:
+        relative = metadata.path[len(root):].lstrip(separator)
+        if relative:
+            found.append((tuple(relative.split(separator)), metadata.path))
+    return sorted(found)
+
+
+def _folder_exists(folder: str) -> bool:
+    """A local folder, or on GCS (no folders) a prefix with at least one object below it."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if not _is_remote(folder):
+        return os.path.isdir(folder)
+    return bool(FileSystems.match([folder.rstrip("/") + "/**"], limits=[1])[0].metadata_list)
+
+
+def _file_exists(path: str) -> bool:
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.exists(path) if _is_remote(path) else os.path.isfile(path)
+
+
 def recommendation_files(recommendations_dir: str) -> list[str]:
-    """The Parquet files of every (run_date, model) partition under a local output folder:
-    ``run_date=YYYY-MM-DD/model=NAME/*.parquet``. Entries at the top that are not
+    """The Parquet files of every (run_date, model) partition under an output folder (local or
+    gs://): ``run_date=YYYY-MM-DD/model=NAME/*.parquet``. Entries at the top that are not
     ``run_date=…`` (the ``_staging`` folder of an unfinished run, ``_reports``) and entries whose
     names start with ``_`` or ``.`` are not read; a ``run_date=…`` or ``model=…`` folder with a
     bad name, a folder in a day that is not ``model=NAME``, or Parquet files straight in a day
-    folder (the one-model layout of earlier versions) is a QueryError naming it."""
-    root = pathlib.Path(recommendations_dir)
-    if not root.is_dir():
+    folder (the one-model layout of earlier versions) is a QueryError naming it. Folders are
+    known from the files below them (GCS has no folders): an empty folder is not seen."""
+    if not _folder_exists(recommendations_dir):
         raise QueryError(f"--recommendations {recommendations_dir}: no such folder")
+    root = recommendations_dir.rstrip("/") if _is_remote(recommendations_dir) else \
+        os.path.normpath(recommendations_dir)
+    separator = "/" if _is_remote(recommendations_dir) else os.sep
+    name = lambda *parts: separator.join((root,) + parts)
     files = []
-    for day in sorted(root.glob("run_date=*")):
-        match = _DATE_FOLDER.fullmatch(day.name)
+    for parts, path in _files_below(recommendations_dir):
+        day = parts[0]
+        if not day.startswith("run_date="):
+            continue
+        match = _DATE_FOLDER.fullmatch(day)
         valid_date = False
         if match:
             try:
@@ -371,22 +413,23 @@ def recommendation_files(recommendations_dir: str) -> list[str]:
                 valid_date = True
             except ValueError:
                 pass
-        if not day.is_dir() or not valid_date:
-            raise QueryError(f"{day}: not a run_date=YYYY-MM-DD folder (expected the layout "
-                             f"{_LAYOUT})")
-        for entry in sorted(day.iterdir()):
-            if entry.name.startswith(("_", ".")):
-                continue
-            if entry.is_file():
-                if entry.suffix == ".parquet":
-                    raise QueryError(f"{entry}: a Parquet file straight in a run_date folder (the "
-                                     f"one-model layout); expected {_LAYOUT}")
-                continue
-            if not _MODEL_FOLDER.fullmatch(entry.name):
-                raise QueryError(f"{entry}: not a model=NAME folder (NAME: a lowercase letter, "
-                                 f"then up to 62 lowercase letters, digits or _; expected the "
-                                 f"layout {_LAYOUT})")
-            files.extend(str(path) for path in sorted(entry.glob("*.parquet")))
+        if len(parts) == 1 or not valid_date:
+            raise QueryError(f"{name(day)}: not a run_date=YYYY-MM-DD folder (expected the "
+                             f"layout {_LAYOUT})")
+        entry = parts[1]
+        if entry.startswith(("_", ".")):
+            continue
+        if len(parts) == 2:
+            if entry.endswith(".parquet"):
+                raise QueryError(f"{name(day, entry)}: a Parquet file straight in a run_date "
+                                 f"folder (the one-model layout); expected {_LAYOUT}")
+            continue
+        if not _MODEL_FOLDER.fullmatch(entry):
+            raise QueryError(f"{name(day, entry)}: not a model=NAME folder (NAME: a lowercase "
+                             f"letter, then up to 62 lowercase letters, digits or _; expected "
+                             f"the layout {_LAYOUT})")
+        if len(parts) == 3 and parts[2].endswith(".parquet"):
+            files.append(path)
     if not files:
         raise QueryError(f"--recommendations {recommendations_dir}: no Parquet files in "
                          f"{_LAYOUT} (the recommendation job's --output)")
@@ -394,17 +437,43 @@ def recommendation_files(recommendations_dir: str) -> list[str]:
 
 
 def song_files(songs: str) -> list[str]:
-    """The songs Parquet: a folder (``*.parquet`` in it), a feature-pipeline output folder
-    (its ``songs/``), or one file."""
-    path = pathlib.Path(songs)
-    if path.is_file():
-        return [str(path)]
-    if path.is_dir():
-        files = sorted(path.glob("*.parquet")) or sorted((path / "songs").glob("*.parquet"))
-        if files:
-            return [str(file) for file in files]
+    """The songs Parquet (local or gs://): a folder (``*.parquet`` in it), a feature-pipeline
+    output folder (its ``songs/``), or one file."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if _file_exists(songs):
+        return [songs]
+    if _folder_exists(songs):
+        for folder in (songs, FileSystems.join(songs.rstrip("/"), "songs")):
+            files = sorted(m.path for m in FileSystems.match(
+                [FileSystems.join(folder.rstrip("/"), "*.parquet")])[0].metadata_list)
+            if files:
+                return files
         raise QueryError(f"--songs {songs}: no *.parquet files in it or in its songs/ folder")
     raise QueryError(f"--songs {songs}: no such file or folder")
+
+
+def local_copies(paths: Sequence[str], root: str, workdir: str) -> list[str]:
+    """``paths`` as local files DuckDB can read: local paths as they are; gs:// files copied
+    (through Beam's file systems) into ``workdir``, keeping their path below ``root`` so that the
+    hive folders (run_date=…/model=…) stay in the path."""
+    from apache_beam.io.filesystems import FileSystems
+
+    local = []
+    for path in paths:
+        if not _is_remote(path):
+            local.append(path)
+            continue
+        relative = path[len(root.rstrip("/")):].lstrip("/") if path.startswith(root.rstrip("/")) \
+            else path.rsplit("/", 1)[-1]
+        target = os.path.join(workdir, *relative.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with FileSystems.open(path, compression_type="uncompressed") as source, \
+                open(target, "wb") as out:
+            while chunk := source.read(8 << 20):
+                out.write(chunk)
+        local.append(target)
+    return local
 
 
 def listens_table(path: str) -> tuple[Any, int]:
@@ -430,11 +499,20 @@ def listens_table(path: str) -> tuple[Any, int]:
     return table, rejected
 
 
+def _workdir(workdir: Optional[str]) -> str:
+    if workdir is None:
+        raise QueryError("gs:// inputs need a local working folder for their copies "
+                         "(run_local gives one)")
+    return workdir
+
+
 def local_connection(query: NamedQuery, recommendations_dir: Optional[str],
-                     songs: Optional[str], listens: Optional[str]) -> Any:
+                     songs: Optional[str], listens: Optional[str],
+                     workdir: Optional[str] = None) -> Any:
     """A DuckDB connection with the views the query reads: ``recommendations`` (hive-partitioned
     Parquet, run_date as DATE; ``model`` from the folder name, which DuckDB puts in place of the
-    files' own model column), ``songs`` and ``listens``."""
+    files' own model column), ``songs`` and ``listens``. gs:// Parquet is first copied into
+    ``workdir`` (a local folder the caller removes after the query)."""
     import duckdb
 
     connection = duckdb.connect()
@@ -443,8 +521,11 @@ def local_connection(query: NamedQuery, recommendations_dir: Optional[str],
         if not recommendations_dir:
             raise QueryError(f"query {query.name} reads the recommendations: pass "
                              "--recommendations DIR (the recommendation job's Parquet output)")
-        relation = connection.read_parquet(recommendation_files(recommendations_dir),
-                                           hive_partitioning=True)
+        files = recommendation_files(recommendations_dir)
+        if _is_remote(recommendations_dir):
+            files = local_copies(files, recommendations_dir,
+                                 os.path.join(_workdir(workdir), "recommendations"))
+        relation = connection.read_parquet(files, hive_partitioning=True)
         columns = relation.columns
         missing = [c for c in ("user_id", "model", "history_size", "popularity_filled",
                                "recommendations", "run_date") if c not in columns]
@@ -458,7 +539,10 @@ def local_connection(query: NamedQuery, recommendations_dir: Optional[str],
         if not songs:
             raise QueryError(f"query {query.name} reads the songs table: pass --songs DIR (the "
                              "feature pipeline's songs/ Parquet folder)")
-        relation = connection.read_parquet(song_files(songs))
+        files = song_files(songs)
+        if _is_remote(songs):
+            files = local_copies(files, songs, os.path.join(_workdir(workdir), "songs"))
+        relation = connection.read_parquet(files)
         missing = [c for c in ("track_id", "song_id", "artist_name", "title", "year")
                    if c not in relation.columns]
         if missing:
@@ -485,16 +569,17 @@ def run_local(query: NamedQuery, raw_params: Mapping[str, str], *,
     for table in query.optional_tables:
         refs[table] = table if table in available else EMPTY_TABLES[table]
     sql = to_duckdb_sql(render_sql(query, refs))
-    connection = local_connection(query, recommendations_dir, songs, listens)
-    try:
-        cursor = connection.execute(sql, {name: value for name, (_, value) in bound.items()})
-        columns = [column[0] for column in cursor.description]
-        rows = cursor.fetchall()
-    except duckdb.Error as error:
-        first_line = str(error).splitlines()[0]
-        raise QueryError(f"DuckDB could not run query {query.name}: {first_line}") from error
-    finally:
-        connection.close()
+    with tempfile.TemporaryDirectory(prefix="msd_query_") as workdir:
+        connection = local_connection(query, recommendations_dir, songs, listens, workdir)
+        try:
+            cursor = connection.execute(sql, {name: value for name, (_, value) in bound.items()})
+            columns = [column[0] for column in cursor.description]
+            rows = cursor.fetchall()
+        except duckdb.Error as error:
+            first_line = str(error).splitlines()[0]
+            raise QueryError(f"DuckDB could not run query {query.name}: {first_line}") from error
+        finally:
+            connection.close()
     return QueryResult(columns, rows)
 
 
