@@ -120,7 +120,7 @@ def train(config: tuple, seed: int, work: pathlib.Path) -> dict:
             "model_bytes": folder_bytes(model_dir, MODEL_EXTRA),
             "folder_bytes": folder_bytes(model_dir),
             "songs": manifest["songs"], "neighbours": manifest["training"]["neighbours"],
-            "user_songs_rare": summary["user_songs_rare"],
+            "listens_rare_song": summary["listens_rare_song"],
             "users_without_model_song": summary["users_without_model_song"]}
 
 

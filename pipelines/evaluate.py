@@ -401,7 +401,9 @@ def read_parquet_recommendations(directory: str, run_date: Optional[str], songs:
             raise EvaluationError(f"--run_date {run_date}: no such run in {directory} (runs: "
                                   f"{', '.join(sorted(runs))})")
         folder = _model_folder(runs[run_date], model)
-    files = _parquet_files(folder)
+    from transforms.write_recommendations import partition_files
+
+    files = partition_files(folder)  # the published version (its _SUCCESS.json marker)
     if not files:
         raise EvaluationError(f"{folder}: no Parquet files")
     result = RecommendationSet(str(folder), {}, {}, {}, {}, run_date=run_date,
@@ -1551,6 +1553,10 @@ def validate_args(args: argparse.Namespace) -> None:
             or args.write_split):
         raise EvaluationError("no model: give --model_dir, --recommendations, --submission or "
                               "--features")
+    for flag, value in (("--output_dir", args.output_dir), ("--write_split", args.write_split)):
+        if value and "://" in value:
+            raise EvaluationError(f"{flag} {value}: must be a local folder (the report and "
+                                  "split are written with local file I/O; copy them afterwards)")
     if args.k < 1 or args.precision_k < 1 or args.blend_candidates < 1:
         raise EvaluationError("--k, --precision_k and --blend_candidates must be at least 1")
     parse_alphas(args.blend)

@@ -55,8 +55,10 @@ def replace_folder(source: str, destination: str) -> None:
     """Moves a finished folder to ``destination``, replacing what was there.
 
     Locally: two directory renames (``destination`` is absent for an instant, never partial).
-    On GCS there are no directories: the old objects are deleted, then the new ones renamed in;
-    a reader racing the swap can see nothing, never a mix of two runs or half a run.
+    On GCS there are no directories: the old objects are deleted, then the new ones copied in,
+    one by one: a reader racing the swap can see nothing or part of the new folder. Used for
+    reports (whose run_summary.json, moved with them, says whether they are whole); data that
+    readers must never see in part is published with ``publish_version``.
     """
     if "://" not in destination:
         os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
@@ -68,11 +70,9 @@ def replace_folder(source: str, destination: str) -> None:
         if old:
             shutil.rmtree(old)
         return
-    if FileSystems.exists(destination):
-        FileSystems.delete([destination])
+    delete_tree(destination)  # GCS: a folder is a prefix; FileSystems.exists(prefix) is False
     sources = [m.path for m in FileSystems.match([FileSystems.join(source, "**")])[0].metadata_list]
     FileSystems.rename(sources, [destination + path[len(source):] for path in sources])
-    FileSystems.delete([source])
 
 
 def remove_if_empty(folder: str) -> None:
@@ -174,3 +174,108 @@ def foreign_entries(folder: str, own_names: Sequence[str], job: str) -> list[str
     if not ours:
         return names
     return [name for name in names if name not in own_names]
+
+
+def child_names(folder: str) -> list[str]:
+    """The names directly below ``folder`` (files and folders; on GCS, the first path part of
+    every object under the prefix). Empty when it does not exist."""
+    if "://" not in folder:
+        return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    prefix = folder.rstrip("/") + "/"
+    matched = FileSystems.match([prefix + "**"])[0].metadata_list
+    return sorted({m.path[len(prefix):].split("/", 1)[0] for m in matched})
+
+
+def delete_tree(folder: str) -> None:
+    """Deletes ``folder`` and everything below it, locally and on GCS (where a folder is only
+    a prefix: ``FileSystems.delete`` of the prefix itself deletes nothing)."""
+    if "://" not in folder:
+        if os.path.isdir(folder):
+            shutil.rmtree(folder)
+        return
+    paths = [m.path for m in FileSystems.match([folder.rstrip("/") + "/**"])[0].metadata_list]
+    if paths:
+        FileSystems.delete(paths)
+
+
+def move_file(source: str, destination: str) -> None:
+    """Moves one file (a rename locally; copy + delete on GCS), creating local parent folders."""
+    if "://" not in destination:
+        os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
+    FileSystems.rename([source], [destination])
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Writes a small file so that a reader sees the old content or the new, never a part:
+    locally a temporary file renamed over it (os.replace is atomic); on GCS one object upload,
+    which is atomic by itself."""
+    if "://" in path:
+        with FileSystems.create(path) as handle:
+            handle.write(data)
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    temporary = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+PUBLISHED_MARKER = "_SUCCESS.json"
+
+
+def published_files(folder: str) -> Optional[list[str]]:
+    """The files of ``folder``'s published version, as its marker lists them (full paths), or
+    None when the folder has no marker (nothing published, or an output of the first layout).
+    Readers that follow the marker never see a half-published or superseded version."""
+    marker = FileSystems.join(folder, PUBLISHED_MARKER)
+    try:
+        with FileSystems.open(marker) as handle:
+            listed = json.loads(handle.read().decode("utf-8"))["files"]
+    except (OSError, ValueError, KeyError):
+        if FileSystems.exists(marker):
+            raise
+        return None
+    return [FileSystems.join(folder, name) for name in listed]
+
+
+def publish_version(staged: str, folder: str, run_id: str, summary: Optional[dict] = None
+                    ) -> list[str]:
+    """Publishes the files of ``staged`` into ``folder`` as one version, the same way on a local
+    disk and on GCS (where renames are copies, object by object):
+
+    1. every staged file moves in under a name carrying ``run_id`` (``part-…`` becomes
+       ``part-<run_id>-…``): the previous version's files and marker are untouched, so a reader
+       that follows the marker still reads the previous version, whole;
+    2. the marker ``_SUCCESS.json`` naming exactly the new files is written in one write: the
+       switch;
+    3. the files no marker names any more (the previous version, and leftovers of a run that
+       crashed between 1 and 2) are deleted.
+    A crash before 2 leaves the previous version current; one after it, the new one; the next
+    publish removes what was left. Returns the published files."""
+    names = []
+    for path in sorted(m.path for m in FileSystems.match(
+            [staged.rstrip("/") + "/**"])[0].metadata_list):
+        relative = path[len(staged.rstrip("/")) + 1:]
+        base = os.path.basename(relative)
+        named = f"part-{run_id}-{base[len('part-'):]}" if base.startswith("part-") else \
+            f"{run_id}-{base}"
+        name = relative[:len(relative) - len(base)] + named
+        move_file(path, FileSystems.join(folder, name))
+        names.append(name)
+    marker = {"run_id": run_id, "files": names, **(summary or {})}
+    write_atomically(FileSystems.join(folder, PUBLISHED_MARKER),
+                     json.dumps(marker, indent=2, sort_keys=True).encode("utf-8"))
+    keep = set(names) | {PUBLISHED_MARKER}
+    prefix = folder.rstrip("/") + "/"
+    stale = [m.path for m in FileSystems.match([prefix + "**"])[0].metadata_list
+             if m.path[len(prefix):] not in keep]
+    if stale:
+        FileSystems.delete(stale)
+    if "://" not in folder:  # local folders emptied by the deletions
+        for root, dirs, _ in os.walk(folder, topdown=False):
+            for name in dirs:
+                remove_if_empty(os.path.join(root, name))
+    return [FileSystems.join(folder, name) for name in names]

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import time
-import uuid
 from typing import Optional, Sequence
 
 import apache_beam as beam
@@ -118,14 +117,6 @@ def model_source(options: "RecommendOptions") -> models.ModelSource:
                               options.mismatches, options.weighting, options.batch_size)
 
 
-def model_name(options: "RecommendOptions") -> str:
-    """--model, or the default: timbre_cosine for the content model, else the model's kind."""
-    if options.model:
-        return options.model
-    return "timbre_cosine" if not options.model_dir else models.ModelSource(
-        options.model_dir).kind
-
-
 SIDE_FILE_COUNTER = "side_file_rejected"
 
 
@@ -203,10 +194,10 @@ def write_submission(rows_by_user: dict, users_path: str, kaggle_songs_path: str
 
 
 def build_pipeline(pipeline: beam.Pipeline, options: RecommendOptions,
-                   rows_destination: beam.PTransform, report_dir: str, model: str) -> None:
+                   rows_destination: beam.PTransform, report_dir: str, model: str,
+                   source: models.ModelSource) -> None:
     """Adds the whole recommendation job to ``pipeline``."""
     context = scoring.RunContext(model=model, k=options.k)
-    source = model_source(options)
     index = (pipeline
              | "ModelSource" >> beam.Create([source])
              | "CatalogueIndex" >> beam.Map(catalogue_index))
@@ -280,16 +271,20 @@ def parquet_row_count(folder: str) -> int:
 
 
 def publish_parquet_partition(staging: str, output: str, report_dir: str,
-                              run_date: datetime.date, model: str) -> str:
-    """Moves a finished run's ``rows`` to ``run_date=…/model=…`` and its ``report`` to
-    ``report_dir``, replacing an earlier run of the same (run_date, model) and nothing else
-    (``launcher.replace_folder`` says what a reader can see)."""
+                              run_date: datetime.date, model: str, run_id: str,
+                              rows: Optional[int] = None) -> str:
+    """Publishes a finished run: its ``rows`` become the current version of
+    ``run_date=…/model=…`` (``launcher.publish_version``: the partition's ``_SUCCESS.json``
+    switches from the previous run's files to these in one write, on local disks and GCS
+    alike), then its ``report`` replaces ``report_dir``. An earlier run of the same (run_date,
+    model) is replaced, nothing else is touched."""
     final = writers.partition_dir(output, run_date, model)
-    launcher.replace_folder(FileSystems.join(staging, "rows"), final)
+    launcher.publish_version(FileSystems.join(staging, "rows"), final, run_id, {
+        "rows": rows, "run_date": run_date.isoformat(), "model": model})
     report = FileSystems.join(staging, "report")
-    if FileSystems.exists(report):
+    if launcher.child_names(report):
         launcher.replace_folder(report, report_dir)
-    FileSystems.delete([staging])
+    launcher.delete_tree(staging)
     launcher.remove_if_empty(os.path.dirname(staging))
     return final
 
@@ -359,13 +354,19 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     temp_location = options.view_as(GoogleCloudOptions).temp_location
     output = recommend_options.output
 
+    source = model_source(recommend_options)
     try:
-        model = model_name(recommend_options)
+        if not staging_only:
+            # Every step of the run reads the model.json of now: a model republished during
+            # the run cannot be mixed into it (a template launch reads it when the job starts).
+            source = source.pinned()
+        model = recommend_options.model or ("timbre_cosine" if not source.model_dir
+                                            else source.kind)
     except models.ModelError as error:
         raise SystemExit(f"recommend: --model_dir: {error}")
     partition = f"run_date={run_date.isoformat()}/model={model}"
-    source = model_source(recommend_options)
     staging_table = None
+    run_id = writers.new_run_id()
     bigquery = writers.looks_like_bigquery(output)
     if bigquery:
         table = writers.parse_bigquery_table(output)
@@ -380,7 +381,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
         # The report is staged under --temp_location, and moved to --report_dir once the rows
         # are published (a template launch writes it in place: nothing here waits for the job).
         staging = FileSystems.join(temp_location, "recommend_staging",
-                                   f"run_date={run_date.isoformat()}-{model}-{uuid.uuid4().hex[:12]}")
+                                   f"run_date={run_date.isoformat()}-{model}-{run_id}")
         output_location = f"{table.spec()} (run_date={run_date.isoformat()}, model={model})"
     else:
         if options.view_as(GoogleCloudOptions).template_location:
@@ -389,7 +390,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
                              "template launch does not wait for")
         # Rows and reports are written to a staging folder and moved into place together once
         # the job succeeded: a killed run leaves the previous partition and its reports intact.
-        staging = writers.staging_dir(output, run_date, model)
+        staging = writers.staging_dir(output, run_date, model, run_id)
         destination = writers.WriteRecommendationsToParquet(
             FileSystems.join(staging, "rows"), source,
             options.view_as(config_lib.OutputOptions).num_shards)
@@ -408,7 +409,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     pipeline = beam.Pipeline(options=options)
     staged_report = FileSystems.join(staging, "report")
     build_pipeline(pipeline, recommend_options, destination,
-                   report_dir if staging_only else staged_report, model)
+                   report_dir if staging_only else staged_report, model, source)
     result = pipeline.run()
     if staging_only:
         logging.info("recommend: the job was built (dry run) or staged (template launch)")
@@ -430,9 +431,10 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     if bigquery:
         publish_bigquery_run(table, staging_table, run_date, model, summary["users_written"])
         launcher.replace_folder(staged_report, report_dir)
-        FileSystems.delete([staging])
+        launcher.delete_tree(staging)
     else:
-        publish_parquet_partition(staging, output, report_dir, run_date, model)
+        publish_parquet_partition(staging, output, report_dir, run_date, model, run_id,
+                                  summary["users_written"])
     summary["report_dir"] = report_dir
     return summary
 
@@ -469,11 +471,6 @@ def _check_report_dir(options: RecommendOptions, report_dir: str) -> None:
 
 def _check_inputs_exist(options: RecommendOptions) -> None:
     """Fails before the job starts when an input matches nothing, naming it."""
-    if options.model_dir:
-        try:
-            models.check_model_dir(options.model_dir)
-        except models.ModelError as error:
-            raise SystemExit(f"recommend: --model_dir: {error}")
     if options.features:
         try:
             catalogue_lib.feature_files(options.features)

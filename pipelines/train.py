@@ -12,8 +12,14 @@ and moved into ``--output_dir`` only after the job succeeded, ``model.json`` las
 sees the previous model, no model (a clear error), or the new one. ``--output_dir`` also gets
 ``run_summary.json`` and ``rejected/*.jsonl`` (every listen not in the model, with its reason).
 """
+from pipelines import cli
+
+if __name__ == "__main__":  # before anything imports TensorFlow
+    cli.quiet_native_logs()
+
 import argparse
 import dataclasses
+import datetime
 import json
 import logging
 import time
@@ -212,32 +218,90 @@ def run_summary(counters: dict[str, int], options: TrainOptions, seconds: float)
         "parameters": model_parameters(options),
         "duration_seconds": round(seconds, 3),
         **listens_lib.listens_summary(counters),
-        # Distinct (user, song) pairs of songs below --min_listeners: dead letters too.
-        "user_songs_rare": get("listens_rare_song"),
+        # Every used listen is in the model or in a too_few_listeners dead letter (one per
+        # user and song, naming its number of listens).
+        "listens_in_model": get("listens_in_model"),
+        "listens_rare_song": get("listens_rare_song"),
+        "listens_in_model_reconcile": get("listens_used") == (
+            get("listens_in_model") + get("listens_rare_song")),
         "users_in_model": get("users_in_model"),
         "users_without_model_song": get("users_without_model_song"),
     }
 
 
-def publish_model(staging: str, output_dir: str) -> None:
-    """Moves the staged model into ``output_dir``: the old ``model.json`` goes first (the folder
-    is then not a model), every other file is replaced, the new ``model.json`` comes last."""
-    manifest = FileSystems.join(output_dir, model_base.MODEL_FILE)
-    if FileSystems.exists(manifest):
-        FileSystems.delete([manifest])
-    staged = sorted(m.path for m in FileSystems.match([FileSystems.join(staging, "**")])[0].metadata_list)
-    last = [p for p in staged if p.endswith("/" + model_base.MODEL_FILE)]
-    first = [p for p in staged if p not in last]
-    for path in first + last:
-        final = output_dir.rstrip("/") + path[len(staging.rstrip("/")):]
-        if FileSystems.exists(final):
-            FileSystems.delete([final])
-        if "://" not in final:
-            import os
-            os.makedirs(os.path.dirname(final), exist_ok=True)
-        FileSystems.rename([path], [final])
-    FileSystems.delete([staging])
+VERSION_PREFIX = "v-"
+
+
+def _relative_files(folder: str) -> list[str]:
+    prefix = folder.rstrip("/") + "/"
+    return sorted(m.path[len(prefix):] for m in FileSystems.match([prefix + "**"])[0].metadata_list)
+
+
+def publish_model(staging: str, output_dir: str, version: str) -> str:
+    """Publishes the staged model as version ``version`` of ``output_dir``.
+
+    The staged files (arrays, songs.txt, run_summary.json, rejected/) move into
+    ``v-<version>/``, where nothing reads them yet; then ``model.json`` naming them is written
+    in one write: the commit point (a reader sees the previous model or this one, never a mix,
+    on local disks and on GCS alike). The previous version stays, so a recommendation run that
+    pinned it finishes with it; older versions and files of the first layout are deleted last.
+    A crash before model.json leaves the previous model current and an unreferenced folder that
+    the next publish deletes."""
+    output_dir = output_dir.rstrip("/")
+    manifest_path = FileSystems.join(output_dir, model_base.MODEL_FILE)
+    previous = model_base.read_manifest(output_dir) if FileSystems.exists(manifest_path) else None
+    folder = f"{VERSION_PREFIX}{version}"
+    with FileSystems.open(FileSystems.join(staging, model_base.MODEL_FILE)) as handle:
+        manifest = json.loads(handle.read().decode("utf-8"))
+    files = [name for name in _relative_files(staging) if name != model_base.MODEL_FILE]
+    for name in files:
+        launcher.move_file(FileSystems.join(staging, name),
+                           FileSystems.join(output_dir, folder, name))
+    manifest["version"] = version
+    manifest["songs_file"] = f"{folder}/{model_base.SONGS_FILE}"
+    for described in manifest["arrays"].values():
+        described["file"] = f"{folder}/{described['file']}"
+    manifest["report"] = {"run_summary": f"{folder}/{SUMMARY_FILE}", "rejected": f"{folder}/rejected/"}
+    launcher.write_atomically(manifest_path,
+                              json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
+    launcher.delete_tree(staging)
     launcher.remove_if_empty(FileSystems.join(output_dir, STAGING))
+    keep = {folder, f"{VERSION_PREFIX}{previous.get('version')}" if previous else None}
+    for name in launcher.child_names(output_dir):
+        if name.startswith(VERSION_PREFIX) and name not in keep:
+            launcher.delete_tree(FileSystems.join(output_dir, name))
+    if previous and not previous.get("version"):  # the first layout: files at the top
+        legacy = [described["file"] for described in previous.get("arrays", {}).values()]
+        legacy += [model_base.SONGS_FILE, SUMMARY_FILE]
+        for name in legacy:
+            if "/" not in name and FileSystems.exists(FileSystems.join(output_dir, name)):
+                FileSystems.delete([FileSystems.join(output_dir, name)])
+        launcher.delete_tree(FileSystems.join(output_dir, "rejected"))
+    return FileSystems.join(output_dir, folder)
+
+
+OWN_ENTRIES = (model_base.MODEL_FILE, STAGING, model_base.SONGS_FILE, SUMMARY_FILE, "rejected")
+
+
+def _check_output_dir(output_dir: str, overwrite: bool) -> None:
+    """The model directory must be the product's: absent, empty, or a model this job wrote
+    (replaced only with --overwrite)."""
+    names = launcher.child_names(output_dir)
+    if not names:
+        return
+    if FileSystems.exists(FileSystems.join(output_dir, model_base.MODEL_FILE)):
+        if not overwrite:
+            raise SystemExit(f"train: {output_dir} already holds a model; pass --overwrite to "
+                             "replace it")
+        manifest = model_base.read_manifest(output_dir)
+        own = set(OWN_ENTRIES) | {d["file"] for d in manifest.get("arrays", {}).values()}
+    else:
+        own = {STAGING}
+    foreign = [n for n in names if n not in own and not n.startswith(VERSION_PREFIX)]
+    if foreign:
+        raise SystemExit(f"train: --output_dir {output_dir} holds files this product did not "
+                         f"write ({', '.join(foreign[:3])}{', …' if len(foreign) > 3 else ''}); "
+                         "choose a new or empty folder")
 
 
 def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
@@ -250,16 +314,18 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     if not staging_only:
         for flag in ("listens", "features", "song_to_tracks", "mismatches"):
             values = getattr(train_options, flag)
-            empty = launcher.patterns_matching_nothing(
-                [values] if isinstance(values, str) else values or [])
+            values = [values] if isinstance(values, str) else values or []
+            problems = launcher.unreadable_inputs(values) if flag != "features" else []
+            if problems:
+                raise SystemExit(f"train: --{flag}: {'; '.join(problems)}")
+            empty = launcher.patterns_matching_nothing(values)
             if empty:
                 raise SystemExit(f"train: --{flag}: no file matches {', '.join(empty)}")
-        if FileSystems.exists(FileSystems.join(output_dir, model_base.MODEL_FILE)) \
-                and not train_options.overwrite:
-            raise SystemExit(f"train: {output_dir} already holds a model; pass --overwrite to "
-                             "replace it")
-        launcher.delete_matching(FileSystems.join(output_dir, STAGING, "*"))
-    staging = FileSystems.join(output_dir, STAGING, uuid.uuid4().hex[:12])
+        _check_output_dir(output_dir, train_options.overwrite)
+        launcher.delete_tree(FileSystems.join(output_dir, STAGING))
+    version = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + \
+        uuid.uuid4().hex[:8]
+    staging = FileSystems.join(output_dir, STAGING, version)
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, train_options, staging, staging)
@@ -273,21 +339,22 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     if not FileSystems.exists(FileSystems.join(staging, model_base.MODEL_FILE)):
         raise SystemExit(f"train: the job wrote no model (no listens of any known song?); "
                          f"nothing was published (staging left in {staging})")
+    summary["version"] = version
     launcher.write_summary(summary, staging, SUMMARY_FILE)
-    publish_model(staging, output_dir)
+    summary["version_dir"] = publish_model(staging, output_dir, version)
     summary["output_dir"] = output_dir
     return summary
 
 
 def main() -> None:
-    logging.getLogger().setLevel(logging.INFO)
+    cli.configure_logging()
     summary = run()
     if summary:
         print(f"train: {summary['model']} model of {summary['users_in_model']} users' listens "
               f"written to {summary['output_dir']} in {summary['duration_seconds']:.1f} s "
-              f"({summary['listens_used']} listens used; dead letters in "
-              f"{summary['output_dir']}/rejected/)")
+              f"(version {summary['version']}; {summary['listens_used']} listens used; "
+              f"summary and dead letters in {summary['version_dir']}/)")
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main("train", main)

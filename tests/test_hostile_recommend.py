@@ -81,16 +81,20 @@ def test_listens_from_a_pipe_or_a_folder_are_refused_not_read_as_empty(
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("failing_step", ["write_summary", "replace_folder"])
+@pytest.mark.parametrize("failing_step", ["write_summary", "write_atomically"])
 def test_a_run_that_fails_while_publishing_leaves_the_previous_output(
         failing_step, toy_model, synthetic_sample, tmp_path, monkeypatch):
-    """A full disk while the summary or the partition is written: the previous partition and
-    its report stay readable and complete, and a rerun repairs everything."""
+    """A full disk while the summary is staged, or while the partition's marker is switched
+    (the new files already copied in): the previous version stays what readers see, whole,
+    with its report; a rerun publishes and removes the leftovers."""
+    from transforms.write_recommendations import partition_files
+
     output = tmp_path / "out"
     args = job_args(toy_model, synthetic_sample.triplets_path, output)
     recommend.run(args)
     partition = output / f"run_date={RUN_DATE}" / "model=toy_reverse"
     report = output / "_reports" / f"run_date={RUN_DATE}" / "model=toy_reverse"
+    published = partition_files(str(partition))
     snapshot = {p: p.read_bytes() for p in list(partition.rglob("*")) + list(report.rglob("*"))
                 if p.is_file()}
 
@@ -100,11 +104,14 @@ def test_a_run_that_fails_while_publishing_leaves_the_previous_output(
     working = getattr(launcher, failing_step)
     monkeypatch.setattr(launcher, failing_step, disk_full)
     with pytest.raises(OSError, match="No space left"):
-        recommend.run(args)
-    assert {p: p.read_bytes() for p in snapshot} == snapshot
+        recommend.run(args + ["--num_shards", "2"])
+    assert partition_files(str(partition)) == published
+    assert {p: p.read_bytes() for p in snapshot} == snapshot  # nothing of it changed
     monkeypatch.setattr(launcher, failing_step, working)
     repaired = recommend.run(args)
     assert repaired["users_written"] > 0 and not list((output / "_staging").glob("*"))
+    assert sorted(p.name for p in partition.iterdir()) == sorted(
+        [os.path.basename(p) for p in partition_files(str(partition))] + ["_SUCCESS.json"])
 
 
 def test_a_bigquery_output_without_a_temp_location_is_refused_before_the_job(toy_model, tmp_path):

@@ -36,7 +36,7 @@ def test_song_to_tracks_and_mismatches_decide_the_track():
 def test_user_history_sums_duplicate_listens_and_counts_unknown_ones():
     # runs of one user's consecutive listens, as ResolveListenFn sends them (one per file range)
     history = listens_lib.user_history(U1, [[(SONG_B, 2), (SONG_A, 1)], [(SONG_B, 3), (None, 4)]])
-    assert history == listens_lib.UserHistory(U1, (SONG_A, SONG_B), (1, 5), 1)
+    assert history == listens_lib.UserHistory(U1, (SONG_A, SONG_B), (1, 5), 1, (1, 2))
     assert history.size == 2
 
 
@@ -52,9 +52,9 @@ def test_listens_become_histories_and_every_unused_listen_a_dead_letter(tmp_path
         histories, unresolved = parsed[listens_lib.LISTENS] | listens_lib.GroupHistories(
             catalogue_songs, mismatched)
         assert_that(histories, equal_to([
-            listens_lib.UserHistory(U1, (SONG_A, SONG_B), (5, 1), 0),
-            listens_lib.UserHistory(U2, (), (), 1),
-            listens_lib.UserHistory(U3, (SONG_B,), (1,), 0)]), label="histories")
+            listens_lib.UserHistory(U1, (SONG_A, SONG_B), (5, 1), 0, (2, 1)),
+            listens_lib.UserHistory(U2, (), (), 1, ()),
+            listens_lib.UserHistory(U3, (SONG_B,), (1,), 0, (1,))]), label="histories")
         assert_that(unresolved | beam.Map(lambda r: (r.reason, r.raw, r.source)),
                     equal_to([("unknown_song", f"{U2}\t{SONG_C}\t1", str(listens_file))]),
                     label="unresolved")  # an unknown song's dead letter names its file

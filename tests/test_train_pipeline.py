@@ -61,6 +61,60 @@ def test_training_reconciles_and_writes_a_model_directory(real_split):
                    "--output_dir", str(folder / "itemcf")])
 
 
+def test_republishing_a_model_switches_versions_at_model_json_and_keeps_the_previous(
+        synthetic_sample, tmp_path):
+    """model.json is the commit point: each training run publishes a new v-<version>/ folder
+    and switches model.json to it; the previous version stays (a run that pinned it finishes),
+    older ones go; a source pinned before a republish keeps reading its version."""
+    model_dir = tmp_path / "model"
+    args = ["--listens", synthetic_sample.triplets_path, "--output_dir", str(model_dir)]
+    first = train.run(args)
+    pinned = models.ModelSource(model_dir=str(model_dir)).pinned()
+    second = train.run(args + ["--overwrite", "--top_m", "3"])
+    assert first["version"] != second["version"]
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted(
+        ["model.json", f"v-{first['version']}", f"v-{second['version']}"])
+    assert base.read_manifest(str(model_dir))["version"] == second["version"]
+    old, new = pinned.load(), models.load_model(str(model_dir))
+    assert old.top_m == 200 and new.top_m == 3  # each reader its own version, whole
+    third = train.run(args + ["--overwrite"])
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted(
+        ["model.json", f"v-{second['version']}", f"v-{third['version']}"])
+    # Each version has its own report: rejected/ and run_summary.json are never mixed.
+    version = model_dir / f"v-{third['version']}"
+    assert {p.name for p in version.iterdir()} >= {"run_summary.json", "rejected", "songs.txt"}
+
+
+def test_an_output_dir_holding_the_users_files_is_refused(synthetic_sample, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match=r"holds files this product did not write \(notes.txt\)"):
+        train.run(["--listens", synthetic_sample.triplets_path, "--output_dir", str(mine)])
+    assert (mine / "notes.txt").read_text() == "mine"
+
+
+def test_every_used_listen_is_in_the_model_or_a_dead_letter(tmp_path):
+    """--min_listeners drops rare songs: their listens (duplicate lines included) are counted
+    and dead-lettered with how many listens each record stands for."""
+    users = ["a" * 40, "b" * 40, "c" * 40]
+    common, rare = "SOAAAAAAAAAAAAAAAA", "SOBBBBBBBBBBBBBBBB"
+    listens = tmp_path / "listens.txt"
+    listens.write_text(f"{users[0]}\t{common}\t1\n{users[1]}\t{common}\t2\n"
+                       f"{users[2]}\t{common}\t1\n{users[2]}\t{rare}\t1\n"
+                       f"{users[2]}\t{rare}\t4\n{users[2]}\t{rare}\t1\n")
+    summary = train.run(["--listens", str(listens), "--output_dir", str(tmp_path / "m"),
+                         "--min_listeners", "2"])
+    assert summary["listens_used"] == 6 == summary["listens_in_model"] + summary["listens_rare_song"]
+    assert (summary["listens_in_model"], summary["listens_rare_song"]) == (3, 3)
+    assert summary["listens_in_model_reconcile"]
+    letters = [json.loads(line) for path in (tmp_path / "m").rglob("rejected/*.jsonl")
+               for line in open(path)]
+    assert [(r["reason"], r["raw"]) for r in letters] == [("too_few_listeners",
+                                                           f"{users[2]}\t{rare}")]
+    assert "(3 listens of this user, play count 6)" in letters[0]["detail"]
+
+
 def test_itemcf_recommends_k_new_songs_to_every_real_user(real_split):
     _, folder, _ = real_split
     visible = folder / "split" / "visible.txt"

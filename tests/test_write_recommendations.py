@@ -144,14 +144,14 @@ def test_a_rerun_replaces_the_partition_and_a_new_date_adds_one(tmp_path):
     reports = tmp_path / "reports"
     first = write_staging(output, [row("a"), row("b")], report_line="first")
     assert recommend.publish_parquet_partition(first, str(output), str(reports), DAY,
-                                               "m").endswith("run_date=2026-11-23/model=m")
+                                               "m", "run1").endswith("run_date=2026-11-23/model=m")
     second = write_staging(output, [row("c")], report_line="second")
-    recommend.publish_parquet_partition(second, str(output), str(reports), DAY, "m")
+    recommend.publish_parquet_partition(second, str(output), str(reports), DAY, "m", "run2")
     table = pq.read_table(output / "run_date=2026-11-23" / "model=m")
     assert table.column("user_id").to_pylist() == ["c"]
     assert (reports / "rejected" / "part-0.jsonl").read_text() == "second"
     next_day = DAY + datetime.timedelta(days=1)
     other_day = write_staging(output, [row("d")], day=next_day)
     recommend.publish_parquet_partition(other_day, str(output), str(tmp_path / "r2"), next_day,
-                                        "m")
+                                        "m", "run3")
     assert sorted(p.name for p in output.iterdir()) == ["run_date=2026-11-23", "run_date=2026-11-24"]

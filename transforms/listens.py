@@ -32,11 +32,13 @@ def counter(name: str):
 
 @dataclasses.dataclass(frozen=True)
 class UserHistory:
-    """A user's known listens: catalogue songs (sorted) with summed play counts."""
+    """A user's known listens: catalogue songs (sorted) with summed play counts, and how many
+    listens (input lines) each song's count came from."""
     user_id: str
     song_ids: tuple[str, ...]
     play_counts: tuple[int, ...]
     unknown_listens: int = 0
+    listen_lines: tuple[int, ...] = ()  # parallel to song_ids (empty: one line each)
 
     @property
     def size(self) -> int:
@@ -238,6 +240,7 @@ def user_history(user_id: str, runs: Iterable[Sequence[tuple[Optional[str], int]
     """Sums duplicate listens of a song over the user's runs of listens; counts the listens
     of unknown songs."""
     counts: dict[str, int] = {}
+    lines: dict[str, int] = {}
     unknown = 0
     for run in runs:
         for song_id, play_count in run:
@@ -245,8 +248,10 @@ def user_history(user_id: str, runs: Iterable[Sequence[tuple[Optional[str], int]
                 unknown += 1
             else:
                 counts[song_id] = counts.get(song_id, 0) + play_count
+                lines[song_id] = lines.get(song_id, 0) + 1
     songs = tuple(sorted(counts))
-    return UserHistory(user_id, songs, tuple(counts[s] for s in songs), unknown)
+    return UserHistory(user_id, songs, tuple(counts[s] for s in songs), unknown,
+                       tuple(lines[s] for s in songs))
 
 
 class GroupHistories(beam.PTransform):

@@ -52,23 +52,29 @@ class UserRows:
 
 
 class SongRowsFn(beam.DoFn):
-    """UserHistory → ``UserRows`` among the model's songs; listens of songs with too few
-    listeners go to the dead-letter output (one per listen, with reason)."""
+    """UserHistory → ``UserRows`` among the model's songs; a user's listens of a song with too
+    few listeners go to the dead-letter output as one record per (user, song) that says how many
+    listens (input lines) it stands for; the counters count listens, so they reconcile with
+    ``listens_used``: listens_in_model + listens_rare_song."""
 
     def process(self, history: UserHistory, songs: list[str], min_listeners: int) -> Iterator:
         row_of_song = self._rows(songs)
-        rows, counts = [], []
-        for song_id, play_count in zip(history.song_ids, history.play_counts):
+        lines = history.listen_lines or (1,) * history.size
+        rows, counts, in_model = [], [], 0
+        for song_id, play_count, listens in zip(history.song_ids, history.play_counts, lines):
             row = row_of_song.get(song_id)
             if row is None:
-                counter("listens_rare_song").inc()
+                counter("listens_rare_song").inc(listens)
                 yield beam.pvalue.TaggedOutput("rejected", listening.Rejection(
                     reason="too_few_listeners", raw=f"{history.user_id}\t{song_id}",
                     detail=f"song {song_id} has fewer than --min_listeners={min_listeners} "
-                    "listeners; it is not in the model"))
+                    f"listeners; it is not in the model ({listens} listen"
+                    f"{'s' if listens != 1 else ''} of this user, play count {play_count})"))
             else:
                 rows.append(row)
                 counts.append(play_count)
+                in_model += listens
+        counter("listens_in_model").inc(in_model)
         if rows:
             counter("users_in_model").inc()
             yield UserRows(history.user_id, np.array(rows, np.int32), np.array(counts, np.int64))

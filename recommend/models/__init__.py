@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 from typing import Optional
 
 import numpy as np
@@ -42,10 +43,11 @@ def model_class(kind: str) -> type:
     return entry
 
 
-def load_model(model_dir: str) -> Recommender:
+def load_model(model_dir: str, manifest: Optional[dict] = None) -> Recommender:
     """The model stored in ``model_dir`` (local or gs://), its arrays checked against
-    ``model.json``."""
-    manifest = base.read_manifest(model_dir)
+    ``model.json`` — or against ``manifest``, a model.json read earlier: a run pins the version
+    it started with, so a model republished meanwhile cannot be mixed into it."""
+    manifest = manifest or base.read_manifest(model_dir)
     cls = model_class(manifest["kind"])
     song_ids = base.read_song_ids(model_dir, manifest)
     arrays = base.read_arrays(model_dir, manifest, cls.stored_arrays)
@@ -75,14 +77,29 @@ class ModelSource:
     mismatches: Optional[str] = None
     weighting: str = "none"  # the content model's listen weights
     batch_size: int = 256    # the content model's users per kernel pass
+    # The model.json a run started with (JSON text): every read of the run uses that version.
+    pinned_manifest: Optional[str] = None
 
     def __post_init__(self):
         if not (self.model_dir or self.features):
             raise ModelError("a model needs --model_dir, or --features for the content model")
 
+    def manifest(self) -> dict:
+        if self.pinned_manifest:
+            return json.loads(self.pinned_manifest)
+        return base.read_manifest(self.model_dir)
+
+    def pinned(self) -> "ModelSource":
+        """This source with the model directory's current model.json pinned (checked against
+        its arrays' headers first)."""
+        if not self.model_dir:
+            return self
+        manifest = check_model_dir(self.model_dir)
+        return dataclasses.replace(self, pinned_manifest=json.dumps(manifest, sort_keys=True))
+
     @property
     def kind(self) -> str:
-        return base.read_manifest(self.model_dir)["kind"] if self.model_dir else "content"
+        return self.manifest()["kind"] if self.model_dir else "content"
 
     def _track_pairs(self) -> Optional[list[tuple[str, str]]]:
         if not self.features:
@@ -98,7 +115,8 @@ class ModelSource:
         song_to_tracks, rejected_a = _side_file(self.song_to_tracks,
                                                 listening.read_song_to_tracks)
         mismatches, rejected_b = _side_file(self.mismatches, listening.read_sid_mismatches)
-        model_songs = base.read_song_ids(self.model_dir) if self.model_dir else None
+        model_songs = (base.read_song_ids(self.model_dir, self.manifest()) if self.model_dir
+                       else None)
         catalogue = catalogue_lib.song_catalogue(self._track_pairs(), song_to_tracks,
                                                  mismatches or set(), model_songs)
         return catalogue, rejected_a + rejected_b
@@ -106,7 +124,7 @@ class ModelSource:
     def load(self) -> Recommender:
         """The model itself (on a worker: once, shared by its processes)."""
         if self.model_dir:
-            return load_model(self.model_dir)
+            return load_model(self.model_dir, self.manifest())
         from recommend.models.content import ContentModel
 
         features = catalogue_lib.load_catalogue(self.features)

@@ -7,12 +7,18 @@ new model is a new module registered in ``recommend.models.MODELS``, nothing els
 
 Model directory (local or gs://)::
 
-    model.json      {"kind", "format_version", "parameters", "training", "metrics",
-                     "arrays": {name: {"file", "dtype", "shape"}}, "songs": N}
-    songs.txt       the catalogue's song ids, one per line, sorted (row i = line i)
-    <name>.npy      one file per array named in model.json
+    model.json        {"kind", "format_version", "version", "parameters", "training",
+                       "metrics", "songs": N, "songs_file",
+                       "arrays": {name: {"file", "dtype", "shape"}}}
+    v-<version>/      one published version: songs.txt (the catalogue's song ids, sorted: row i
+                      = line i), <name>.npy per array, run_summary.json, rejected/
 
-``model.json`` is written last: a directory without it is not a model (a crashed training run).
+``model.json`` is the commit point: it names the files of the current version and is replaced
+last, in one write, when a training run publishes (``pipelines.train.publish_model``); a
+version's files never change after that. A reader that read model.json once (a recommendation
+run pins it) keeps reading that version, and the previous version is kept when a new one is
+published, so a run that started before the switch finishes with the model it started with.
+A directory without model.json is not a model (a crashed first training run).
 """
 from __future__ import annotations
 
@@ -149,7 +155,7 @@ def read_manifest(model_dir: str) -> dict[str, Any]:
 def read_song_ids(model_dir: str, manifest: Optional[dict] = None) -> np.ndarray:
     """The model's catalogue (sorted song ids), checked against ``model.json``."""
     manifest = manifest or read_manifest(model_dir)
-    path = FileSystems.join(model_dir.rstrip("/"), SONGS_FILE)
+    path = FileSystems.join(model_dir.rstrip("/"), manifest.get("songs_file", SONGS_FILE))
     try:
         with FileSystems.open(path) as handle:
             lines = handle.read().decode("ascii").split("\n")
