@@ -3,8 +3,10 @@ import glob
 import json
 import os
 import shutil
+import socket
 import stat
 import sys
+import time
 from typing import Callable, Iterable, Optional, Sequence, TypeVar
 
 from apache_beam.io.filesystems import FileSystems
@@ -279,3 +281,75 @@ def publish_version(staged: str, folder: str, run_id: str, summary: Optional[dic
             for name in dirs:
                 remove_if_empty(os.path.join(root, name))
     return [FileSystems.join(folder, name) for name in names]
+
+
+class RunLock:
+    """A lock file that keeps two runs off one output (a second run would delete the first's
+    live staging and publish over it). Locally it is created atomically (O_EXCL); a lock whose
+    process is gone (same host, pid not running) is taken over. On GCS there is no atomic
+    create through Beam's file systems: the lock is checked, then written, which narrows the
+    window but does not close it."""
+
+    def __init__(self, path: str, job: str):
+        self.path = path
+        self.job = job
+        self._held = False
+
+    def _holder(self) -> dict:
+        try:
+            with FileSystems.open(self.path) as handle:
+                return json.loads(handle.read().decode("utf-8"))
+        except Exception:  # noqa: BLE001 - unreadable: treat as held by an unknown run
+            return {}
+
+    def _stale(self, holder: dict) -> bool:
+        if holder.get("host") != socket.gethostname() or not holder.get("pid"):
+            return False
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, ValueError):
+            return False
+        return False
+
+    def acquire(self) -> "RunLock":
+        record = json.dumps({"job": self.job, "host": socket.gethostname(), "pid": os.getpid(),
+                             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        for _ in range(2):
+            if "://" not in self.path:
+                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+                try:
+                    descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    pass
+                else:
+                    with os.fdopen(descriptor, "w") as handle:
+                        handle.write(record)
+                    self._held = True
+                    return self
+            elif not FileSystems.exists(self.path):
+                with FileSystems.create(self.path) as handle:
+                    handle.write(record.encode("utf-8"))
+                self._held = True
+                return self
+            holder = self._holder()
+            if self._stale(holder):
+                FileSystems.delete([self.path])
+                continue
+            break
+        raise SystemExit(
+            f"{self.job}: another run holds {self.path} (pid {holder.get('pid', '?')} on "
+            f"{holder.get('host', '?')}, started {holder.get('started', '?')}); wait for it, or "
+            "delete that file if that run is gone")
+
+    def release(self) -> None:
+        if self._held and FileSystems.exists(self.path):
+            FileSystems.delete([self.path])
+        self._held = False
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -102,6 +102,10 @@ class RecommendOptions(PipelineOptions):
             problems.append(f"--k must be at least 1, got {self.k}")
         if self.batch_size < 1:
             problems.append("--batch_size must be at least 1")
+        if self.max_play_count < 1:
+            problems.append(f"--max_play_count must be at least 1, got {self.max_play_count}")
+        if self.view_as(config_lib.OutputOptions).num_shards < 0:
+            problems.append("--num_shards must be 0 (the runner decides) or more")
         if self.kaggle_submission and not (self.kaggle_songs and self.users):
             problems.append("--kaggle_submission needs --kaggle_songs and --users")
         if self.output and writers.looks_like_bigquery(self.output):
@@ -398,45 +402,59 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
             output.rstrip("/"), "_reports", partition)
         output_location = writers.partition_dir(output, run_date, model)
 
+    # One run per (output, run_date, model) at a time: a second would delete the first's live
+    # staging below and publish over it.
+    lock = (launcher.RunLock(FileSystems.join(output.rstrip("/"), writers.STAGING,
+                                              f"run_date={run_date.isoformat()}-{model}.lock"),
+                             "recommend")
+            if not staging_only and not bigquery else None)
     if not staging_only:
         _check_inputs_exist(recommend_options)
         _check_report_dir(recommend_options, report_dir)
-        if not bigquery:
+    if lock:
+        lock.acquire()
+    try:
+        if lock:  # what a killed run of this (run_date, model) left in staging
             launcher.delete_matching(FileSystems.join(
                 output.rstrip("/"), writers.STAGING, f"run_date={run_date.isoformat()}-{model}-*"))
 
-    started = time.monotonic()
-    pipeline = beam.Pipeline(options=options)
-    staged_report = FileSystems.join(staging, "report")
-    build_pipeline(pipeline, recommend_options, destination,
-                   report_dir if staging_only else staged_report, model, source)
-    result = pipeline.run()
-    if staging_only:
-        logging.info("recommend: the job was built (dry run) or staged (template launch)")
-        return None
-    result.wait_until_finish()
-    summary = run_summary(launcher.counter_totals(result, listens_lib.METRICS_NAMESPACE),
-                          recommend_options, run_date, model, output_location,
-                          time.monotonic() - started)
-    # Everything the run writes is complete in staging before anything becomes visible: a
-    # failure up to here (a short count, a full disk writing the summary) publishes nothing.
-    if not bigquery:
-        staged_rows = parquet_row_count(FileSystems.join(staging, "rows"))
-        if staged_rows != summary["users_written"]:
-            raise SystemExit(
-                f"recommend: the job counted {summary['users_written']} users written but the "
-                f"staged Parquet holds {staged_rows} rows; nothing was published (staging left "
-                f"in {staging} for inspection)")
-    launcher.write_summary(summary, staged_report, SUMMARY_FILE)
-    if bigquery:
-        publish_bigquery_run(table, staging_table, run_date, model, summary["users_written"])
-        launcher.replace_folder(staged_report, report_dir)
-        launcher.delete_tree(staging)
-    else:
-        publish_parquet_partition(staging, output, report_dir, run_date, model, run_id,
-                                  summary["users_written"])
-    summary["report_dir"] = report_dir
-    return summary
+        started = time.monotonic()
+        pipeline = beam.Pipeline(options=options)
+        staged_report = FileSystems.join(staging, "report")
+        build_pipeline(pipeline, recommend_options, destination,
+                       report_dir if staging_only else staged_report, model, source)
+        result = pipeline.run()
+        if staging_only:
+            logging.info("recommend: the job was built (dry run) or staged (template launch)")
+            return None
+        result.wait_until_finish()
+        summary = run_summary(launcher.counter_totals(result, listens_lib.METRICS_NAMESPACE),
+                              recommend_options, run_date, model, output_location,
+                              time.monotonic() - started)
+        # Everything the run writes is complete in staging before anything becomes visible: a
+        # failure up to here (a short count, a full disk writing the summary) publishes nothing.
+        if not bigquery:
+            staged_rows = parquet_row_count(FileSystems.join(staging, "rows"))
+            if staged_rows != summary["users_written"]:
+                raise SystemExit(
+                    f"recommend: the job counted {summary['users_written']} users written but the "
+                    f"staged Parquet holds {staged_rows} rows; nothing was published (staging left "
+                    f"in {staging} for inspection)")
+        launcher.write_summary(summary, staged_report, SUMMARY_FILE)
+        if bigquery:
+            publish_bigquery_run(table, staging_table, run_date, model, summary["users_written"])
+            launcher.replace_folder(staged_report, report_dir)
+            launcher.delete_tree(staging)
+        else:
+            publish_parquet_partition(staging, output, report_dir, run_date, model, run_id,
+                                      summary["users_written"])
+        summary["report_dir"] = report_dir
+        return summary
+    finally:
+        if lock:
+            lock.release()
+            launcher.remove_if_empty(FileSystems.join(output.rstrip("/"), writers.STAGING))
+            launcher.remove_if_empty(output.rstrip("/"))
 
 
 def _inputs(options: RecommendOptions) -> list[tuple[str, str]]:

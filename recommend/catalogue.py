@@ -10,7 +10,8 @@ here, each record's CRC32C checked, and the ``tf.train.Example`` protos parsed b
 """
 import dataclasses
 import io
-import logging
+import json
+import re
 import struct
 import zlib
 from typing import Iterable, Iterator, Optional, Sequence
@@ -192,10 +193,66 @@ def _read_csvs(paths: Sequence[str], with_features: bool = True
     return track_ids, song_ids, np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
 
 
-def load_catalogue(features: str, with_features: bool = True) -> Catalogue:
-    """Reads every shard, checks the rows and returns them sorted by track id.
+# How far a row's length may be from 1: the features are L2-normalised in float32 (CSV keeps 9
+# significant digits, which round-trip float32 exactly), so a correct row is within ~1e-6.
+UNIT_LENGTH_TOLERANCE = 1e-4
+_TRACK_ID = re.compile(r"TR[A-Z0-9]{16}")
+_SONG_ID = re.compile(r"SO[A-Z0-9]{16}")
 
-    A track id appearing twice keeps its first row in sorted-shard order; that is reported.
+
+def _summary_songs(features: str) -> Optional[int]:
+    """songs_written of the feature run whose output folder ``features`` is (None for a shard
+    pattern, which has no summary)."""
+    base = features.rstrip("/")
+    if any(char in base for char in "*?[") or base.endswith((".gz", ".csv")):
+        return None
+    try:
+        with FileSystems.open(FileSystems.join(base, "run_summary.json")) as handle:
+            return int(json.loads(handle.read().decode("utf-8"))["songs_written"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CatalogueError(f"{base}/run_summary.json cannot be read: {error}") from error
+
+
+def check_rows(features: str, track_ids: Sequence[str], song_ids: Sequence[str],
+               matrix: Optional[np.ndarray]) -> None:
+    """The catalogue's rows are what the feature job writes, or the run stops naming what is
+    wrong: ids of MSD shape, no track twice, vectors finite and of unit length (a row scaled
+    by hand would outrank every song), and as many rows as the feature run's summary says."""
+    def first_bad(values, pattern):
+        return next(((i, v) for i, v in enumerate(values) if not pattern.fullmatch(v or "")),
+                    None)
+
+    for name, values, pattern in (("track id", track_ids, _TRACK_ID),
+                                  ("song id", song_ids, _SONG_ID)):
+        bad = first_bad(values, pattern)
+        if bad is not None:
+            raise CatalogueError(f"the feature files under {features} hold a {name} that is not "
+                                 f"of the MSD shape: {bad[1]!r} (row {bad[0] + 1})")
+    unique, counts = np.unique(np.asarray(track_ids, dtype=object), return_counts=True)
+    if (counts > 1).any():
+        raise CatalogueError(f"the feature files under {features} hold {int((counts > 1).sum())} "
+                             f"track ids more than once (e.g. {unique[counts > 1][0]}): shards of "
+                             "two runs mixed?")
+    if matrix is not None:
+        if not np.isfinite(matrix).all():
+            raise CatalogueError(f"the feature files under {features} hold NaN/Inf values")
+        norms = np.linalg.norm(matrix.astype(np.float64), axis=1)
+        off = np.flatnonzero(np.abs(norms - 1.0) > UNIT_LENGTH_TOLERANCE)
+        if off.size:
+            raise CatalogueError(
+                f"the feature files under {features} hold {off.size} vectors that are not of unit "
+                f"length (e.g. track {track_ids[off[0]]}: length {norms[off[0]]:.6g}); the feature "
+                "job writes L2-normalised vectors: the files were changed after it")
+    expected = _summary_songs(features)
+    if expected is not None and expected != len(track_ids):
+        raise CatalogueError(f"the feature files under {features} hold {len(track_ids)} songs "
+                             f"but its run_summary.json says {expected}: the folder changed "
+                             "after its run (rerun the feature job)")
+
+
+def load_catalogue(features: str, with_features: bool = True) -> Catalogue:
+    """Reads every shard, checks the rows (``check_rows``) and returns them sorted by track id.
+
     ``with_features=False`` reads only the ids (same rows, ``features`` empty [N, 0]): what
     the join and the writers need, without parsing 90 numbers per song.
     """
@@ -204,20 +261,14 @@ def load_catalogue(features: str, with_features: bool = True) -> Catalogue:
     track_ids, song_ids, matrix = reader(paths, with_features)
     if not track_ids:
         raise CatalogueError(f"the feature files under {features} hold no songs")
-    if with_features and not np.isfinite(matrix).all():
-        raise CatalogueError(f"the feature files under {features} hold NaN/Inf values")
+    check_rows(features, track_ids, song_ids, matrix if with_features else None)
     if not with_features:
         matrix = np.zeros((len(track_ids), 0), np.float32)
     track_array = np.array(track_ids, dtype=object)
     order = np.argsort(track_array, kind="stable")
-    unique_tracks, first = np.unique(track_array[order], return_index=True)
-    if len(unique_tracks) != len(track_array):
-        duplicates = len(track_array) - len(unique_tracks)
-        logging.warning("catalogue: %d duplicate track ids in %s; the first row of each is kept",
-                        duplicates, features)
-    keep = order[first]
-    return Catalogue(track_ids=track_array[keep], song_ids=np.array(song_ids, dtype=object)[keep],
-                     features=np.ascontiguousarray(matrix[keep], dtype=np.float32))
+    return Catalogue(track_ids=track_array[order],
+                     song_ids=np.array(song_ids, dtype=object)[order],
+                     features=np.ascontiguousarray(matrix[order], dtype=np.float32))
 
 
 def catalogue_song_tracks(catalogue_pairs: Iterable[tuple[str, str]],

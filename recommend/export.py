@@ -13,6 +13,11 @@ system client, which has other credentials than Beam's and ignores a GCS emulato
 export is saved into a local temporary folder first and copied file by file through Beam's
 file systems (``track_ids.txt`` last).
 """
+from pipelines import cli
+
+if __name__ == "__main__":  # before TensorFlow is imported
+    cli.quiet_native_logs()
+
 import argparse
 import logging
 import os
@@ -106,4 +111,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_main("export", main)

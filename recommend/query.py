@@ -789,6 +789,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"query: error: {error.strerror or error}: {error.filename or ''}".rstrip(": "),
               file=sys.stderr)
         return 1
+    except Exception as error:  # DuckDB's (a corrupt Parquet file, a bad table) and the rest
+        import duckdb
+
+        if not isinstance(error, duckdb.Error) or "--debug" in sys.argv:
+            raise
+        print(f"query: error: DuckDB: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

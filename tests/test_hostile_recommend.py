@@ -150,3 +150,86 @@ def test_the_cli_prints_one_line_and_no_native_noise(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [f"recommend: --model_dir: {tmp_path / 'model'} holds no model.json: not a "
                      "model directory (or its training run did not finish)"], result.stderr
+
+
+def write_feature_csv(path, rows):
+    with open(path, "w") as handle:
+        handle.write("track_id,song_id," + ",".join(f"f{d:02d}" for d in range(3)) + "\n")
+        for track, song, vector in rows:
+            handle.write(f"{track},{song}," + ",".join(f"{v:.9g}" for v in vector) + "\n")
+
+
+GOOD_ROWS = [(f"TR{i:016d}", f"SO{i:016d}", [0.6, 0.8, 0.0]) for i in range(4)]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda rows: rows.__setitem__(1, (rows[1][0], rows[1][1], [30.0, 40.0, 0.0])),
+     r"1 vectors that are not of unit length \(e.g. track TR0000000000000001: length 50\)"),
+    (lambda rows: rows.__setitem__(2, ("TRÄÖ💥", rows[2][1], rows[2][2])),
+     "a track id that is not of the MSD shape: 'TRÄÖ💥'"),
+    (lambda rows: rows.__setitem__(2, ("", rows[2][1], rows[2][2])),
+     "a track id that is not of the MSD shape"),
+    (lambda rows: rows.append(rows[0]), r"1 track ids more than once \(e.g. TR0000000000000000\)"),
+])
+def test_catalogue_rows_are_checked_before_use(change, message, tmp_path):
+    from recommend import catalogue as catalogue_lib
+
+    rows = list(GOOD_ROWS)
+    change(rows)
+    write_feature_csv(tmp_path / "part-0.csv", rows)
+    with pytest.raises(catalogue_lib.CatalogueError, match=message):
+        catalogue_lib.load_catalogue(str(tmp_path / "part-*.csv"))
+
+
+def test_a_feature_folder_that_no_longer_matches_its_summary_is_refused(
+        synthetic_features, tmp_path):
+    import json
+    import shutil
+
+    from recommend import catalogue as catalogue_lib
+
+    copy = tmp_path / "features"
+    shutil.copytree(synthetic_features[0], copy)
+    summary = json.loads((copy / "run_summary.json").read_text())
+    summary["songs_written"] += 1
+    (copy / "run_summary.json").write_text(json.dumps(summary))
+    with pytest.raises(catalogue_lib.CatalogueError,
+                       match=r"hold 300 songs but its run_summary.json says 301"):
+        catalogue_lib.load_catalogue(str(copy), with_features=False)
+
+
+def test_a_second_run_of_the_same_partition_is_refused_while_the_first_holds_it(
+        toy_model, synthetic_sample, tmp_path):
+    """Two runs of one (output, run_date, model): the second would delete the first's live
+    staging and publish over it; it is refused, naming the first. A lock left by a run whose
+    process is gone is taken over."""
+    import json
+    import socket
+
+    output = tmp_path / "out"
+    lock = output / "_staging" / f"run_date={RUN_DATE}-toy_reverse.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"job": "recommend", "host": socket.gethostname(),
+                                "pid": os.getppid(), "started": "2026-11-24T03:00:00Z"}))
+    with pytest.raises(SystemExit, match=rf"another run holds .*{lock.name} \(pid {os.getppid()}"):
+        recommend.run(job_args(toy_model, synthetic_sample.triplets_path, output))
+    assert lock.exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    lock.write_text(json.dumps({"job": "recommend", "host": socket.gethostname(),
+                                "pid": int(dead), "started": "2026-11-24T03:00:00Z"}))
+    assert recommend.run(job_args(toy_model, synthetic_sample.triplets_path, output))[
+        "users_written"] > 0
+    assert not lock.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max_play_count", "0"], "--max_play_count must be at least 1"),
+    (["--num_shards", "-1"], "--num_shards must be 0"),
+    (["--batch_size", "0"], "--batch_size must be at least 1"),
+    (["--k", "-5"], "--k must be at least 1"),
+])
+def test_numbers_that_make_no_sense_are_refused_before_the_job(args, message, tmp_path):
+    with pytest.raises(SystemExit, match=message):
+        recommend.run(["--features", str(tmp_path), "--listens", "l.txt",
+                       "--output", str(tmp_path / "o")] + args)

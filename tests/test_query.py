@@ -761,3 +761,13 @@ def test_print_sql_offline_for_bigquery_and_duckdb(capsys):
     code, out, _ = run_cli(capsys, "coverage", "--param", "run_date=2024-05-01", "--param",
                            f"model={OTHER}", "--print_sql")
     assert code == 0 and "$run_date" in out and "$model" in out and "@run_date" not in out
+
+
+def test_a_corrupt_parquet_file_is_one_line_not_a_duckdb_traceback(tmp_path, capsys):
+    partition = tmp_path / "run_date=2026-01-01" / "model=m"
+    partition.mkdir(parents=True)
+    (partition / "part-0.parquet").write_bytes(b"not parquet")
+    assert query_lib.main(["runs", "--recommendations", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("query: error: DuckDB: ") and "part-0.parquet" in err
+    assert len(err.strip().splitlines()) == 1
