@@ -353,3 +353,19 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def copy_local_folder(source: str, destination: str) -> int:
+    """Copies every file below the local folder ``source`` to ``destination`` (local or gs://,
+    through Beam's file systems): what a library wrote locally (TFT's artefacts, a SavedModel)
+    reaching an output TensorFlow's own gs:// client cannot write. Returns the files copied."""
+    copied = 0
+    for root, _, names in os.walk(source):
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, source).replace(os.sep, "/")
+            with open(path, "rb") as handle, \
+                    FileSystems.create(FileSystems.join(destination, relative)) as out:
+                shutil.copyfileobj(handle, out, 8 << 20)
+            copied += 1
+    return copied

@@ -14,6 +14,7 @@ export is saved into a local temporary folder first and copied file by file thro
 file systems (``track_ids.txt`` last).
 """
 from pipelines import cli
+from pipelines import launcher
 
 if __name__ == "__main__":  # before TensorFlow is imported
     cli.quiet_native_logs()
@@ -21,7 +22,6 @@ if __name__ == "__main__":  # before TensorFlow is imported
 import argparse
 import logging
 import os
-import shutil
 import sys
 import tempfile
 from typing import Optional, Sequence
@@ -61,21 +61,6 @@ class CatalogueRecommenderModule(tf.Module):
         return {"recom_songs_ids": rows}
 
 
-def _copy_folder(source: str, destination: str) -> int:
-    """Copies every file below the local folder ``source`` to ``destination`` (gs:// or local,
-    through Beam's file systems); returns how many files were copied."""
-    copied = 0
-    for root, _, names in os.walk(source):
-        for name in sorted(names):
-            path = os.path.join(root, name)
-            relative = os.path.relpath(path, source).replace(os.sep, "/")
-            with open(path, "rb") as handle, \
-                    FileSystems.create(FileSystems.join(destination, relative)) as out:
-                shutil.copyfileobj(handle, out, 8 << 20)
-            copied += 1
-    return copied
-
-
 def export(features: str, export_dir: str) -> str:
     """Writes the SavedModel (and track_ids.txt) for the catalogue behind ``features``."""
     catalogue = catalogue_lib.load_catalogue(features)
@@ -84,7 +69,7 @@ def export(features: str, export_dir: str) -> str:
         export_dir = export_dir.rstrip("/")
         with tempfile.TemporaryDirectory(prefix="saved_model_") as local:
             tf.saved_model.save(module, local, signatures={"serving_default": module.recommend})
-            _copy_folder(local, export_dir)
+            launcher.copy_local_folder(local, export_dir)
     else:
         tf.saved_model.save(module, export_dir,
                             signatures={"serving_default": module.recommend})
