@@ -30,6 +30,16 @@ Users evaluated: everyone with at least one hidden song. Users the content model
 (no row, an empty list, or a row the job marked as its popularity fallback) are served by the
 popularity fallback and counted in ``fallback_share``. Every model recommends the same number of
 songs per user: ``--k``, or fewer when the content lists are shorter.
+
+Cold start (``--cold_songs FRACTION``, with ``--listens``): that share of the songs in the
+listens, drawn with ``--seed``, is held out of every model's training: after the per-user split
+every visible listen of a cold song moves to the user's hidden half, so ``--write_split``'s
+``visible.txt`` (what ``pipelines.train`` is given) never names one (``cold_songs.txt`` lists
+them) and the popularity counts never see one. Each model then also gets ``cold_start``: recall@k,
+mAP@k and P@k against the hidden cold songs alone (users with at least one), the same against
+the other (warm) hidden songs, and the share of its recommendations that are cold songs. A model
+trained on the visible listens only (itemcf, als, popularity) cannot recommend a cold song: it
+scores zero there by construction; the content and hybrid models can.
 """
 import argparse
 import collections
@@ -55,6 +65,7 @@ DEFAULT_BLEND = "0.1,0.3,0.5,0.7,0.9"
 DEFAULT_BLEND_CANDIDATES = 2000
 HISTORY_BUCKETS = ((0, 0), (1, 4), (5, 9), (10, 19), (20, 49), (50, 99), (100, None))
 METRICS_FILE = "metrics.json"
+COLD_SONGS_FILE = "cold_songs.txt"  # --write_split with --cold_songs: the cold song ids
 REPORT_FILE = "report.html"
 _LORENZ_POINTS = 201
 PARQUET_BATCH_ROWS = 10_000  # output rows decoded at once (5M recommendations at k=500)
@@ -166,6 +177,79 @@ def holdout_split(listens: Listens, songs: SongCodes, fraction: float, seed: int
         if hidden_songs:
             hidden[user_id] = {code: history[code] for code in hidden_songs}
     return visible, hidden
+
+
+def choose_cold_songs(listens: Listens, songs: SongCodes, fraction: float, seed: int
+                      ) -> np.ndarray:
+    """Song codes held out of every model's training (cold start): round(fraction·n) of the n
+    songs in the listens, drawn with ``seed`` from the songs in id order (so the choice depends
+    on the data and the seed only, not on the file's order). Sorted."""
+    if not 0.0 < fraction < 1.0:
+        raise EvaluationError(f"--cold_songs {fraction} must be between 0 and 1")
+    listened = sorted({code for history in listens.values() for code in history},
+                      key=lambda code: songs.ids[code])
+    wanted = int(round(fraction * len(listened)))
+    if wanted < 1:
+        raise EvaluationError(f"--cold_songs {fraction}: no song of the {len(listened)} in the "
+                              "listens would be cold")
+    rng = np.random.default_rng([seed, 20080101])
+    chosen = rng.choice(len(listened), size=wanted, replace=False)
+    return np.sort(np.array(listened, dtype=np.int64)[chosen])
+
+
+def hide_cold_songs(visible: Listens, hidden: Listens, cold: np.ndarray
+                    ) -> tuple[Listens, Listens]:
+    """Every visible listen of a cold song moved to the same user's hidden half, so that no
+    model (nor the popularity counts) sees a cold song, and finding one is what is measured."""
+    cold_set = set(cold.tolist())
+    new_visible: Listens = {}
+    new_hidden: Listens = {user: dict(history) for user, history in hidden.items()}
+    for user, history in visible.items():
+        moved = {code: count for code, count in history.items() if code in cold_set}
+        new_visible[user] = {code: count for code, count in history.items()
+                             if code not in cold_set}
+        if moved:
+            new_hidden.setdefault(user, {}).update(moved)
+    return new_visible, new_hidden
+
+
+def subset_scores(lists: Sequence[np.ndarray], truth: "Truth", keep: np.ndarray,
+                  map_cutoff: int, precision_cutoff: int) -> dict[str, Any]:
+    """mAP@k, recall@k and P@k against the hidden songs with ``keep[code]`` only (users with
+    at least one such song), the lists as they are (a slot spent on another song is a miss)."""
+    kept = keep[truth.songs]
+    counts = np.add.reduceat(kept.astype(np.int64), truth.offsets[:-1]) if len(
+        truth.songs) else np.zeros(len(truth.users), np.int64)
+    counts[np.diff(truth.offsets) == 0] = 0
+    users = np.flatnonzero(counts > 0)
+    if not len(users):
+        return {"users": 0, "map": None, "recall": None, "precision": None}
+    cut = [np.asarray(lists[u][:map_cutoff], np.int64) for u in users]
+    offsets = np.concatenate([[0], np.cumsum([len(c) for c in cut])]).astype(np.int64)
+    flat = np.concatenate(cut) if offsets[-1] else np.zeros(0, np.int64)
+    hidden = [truth.songs[truth.offsets[u]:truth.offsets[u + 1]] for u in users]
+    hidden = [h[keep[h]] for h in hidden]
+    hidden_offsets = np.concatenate([[0], np.cumsum([len(h) for h in hidden])]).astype(np.int64)
+    relevant = metrics.batch_relevance(offsets, flat, hidden_offsets, np.concatenate(hidden))
+    scores = metrics.batch_user_scores(relevant, offsets, np.diff(hidden_offsets),
+                                       map_cutoff=map_cutoff, precision_cutoff=precision_cutoff)
+    return {"users": int(len(users)), "map": float(scores["average_precision"].mean()),
+            "recall": float(scores["recall"].mean()),
+            "precision": float(scores["precision"].mean())}
+
+
+def cold_start_metrics(lists: Sequence[np.ndarray], truth: "Truth", cold: np.ndarray,
+                       map_cutoff: int, precision_cutoff: int) -> dict[str, Any]:
+    """A model's metrics split by cold songs (``cold``: bool per song code): ``cold``: against
+    the hidden cold songs alone (recall@k of the cold songs, mAP@k, P@k; users with at least
+    one hidden cold song); ``warm``: against the other hidden songs; ``cold_share``: the share
+    of the recommended songs (the first k of every list) that are cold."""
+    slots = [np.asarray(ranked[:map_cutoff], np.int64) for ranked in lists]
+    total = sum(len(ranked) for ranked in slots)
+    cold_slots = sum(int(cold[ranked].sum()) for ranked in slots)
+    return {"cold": subset_scores(lists, truth, cold, map_cutoff, precision_cutoff),
+            "warm": subset_scores(lists, truth, ~cold, map_cutoff, precision_cutoff),
+            "cold_share": cold_slots / total if total else 0.0}
 
 
 def write_triplets(listens: Listens, songs: SongCodes, path: pathlib.Path) -> None:
@@ -712,8 +796,10 @@ def build_truth(hidden: Listens, visible: Listens) -> Truth:
 def evaluate_lists(name: str, lists: Sequence[np.ndarray], truth: Truth,
                    served_by_fallback: np.ndarray, popularity: np.ndarray,
                    catalogue: np.ndarray, map_cutoff: int, precision_cutoff: int,
-                   chunk_users: int = EVALUATION_CHUNK_USERS) -> dict[str, Any]:
-    """Every metric of one model: ``lists[i]`` is the ranked list for ``truth.users[i]``.
+                   chunk_users: int = EVALUATION_CHUNK_USERS,
+                   cold: Optional[np.ndarray] = None) -> dict[str, Any]:
+    """Every metric of one model: ``lists[i]`` is the ranked list for ``truth.users[i]``
+    (with ``cold``, a bool per song code, also ``cold_start``: ``cold_start_metrics``).
     Returns the JSON summary plus, under keys starting with "_", the arrays the plots use.
     Users are processed in chunks, so memory is bounded by the chunk, not by users × k."""
     users = len(truth.users)
@@ -776,6 +862,8 @@ def evaluate_lists(name: str, lists: Sequence[np.ndarray], truth: Truth,
         "mean_list_length": float(lengths.mean()) if users else 0.0,
         "users_with_a_hit": int((per_user["recall"] > 0).sum()),
         "by_history": by_history,
+        **({"cold_start": cold_start_metrics(lists, truth, cold, map_cutoff, precision_cutoff)}
+           if cold is not None else {}),
         "_ap": ap,
         "_popularity_bins": popularity_bins[:last_bin + 1],
         "_lorenz": lorenz,
@@ -826,11 +914,19 @@ def run_evaluation(args: argparse.Namespace, log=print) -> Optional[dict[str, An
         visible, hidden = holdout_split(listens, songs, args.holdout_fraction, args.seed)
         inputs["listens"] = {"path": args.listens, **listen_stats}
         inputs["holdout"] = {"fraction": args.holdout_fraction, "seed": args.seed}
+        if args.cold_songs:
+            cold_codes = choose_cold_songs(listens, songs, args.cold_songs, args.seed)
+            visible, hidden = hide_cold_songs(visible, hidden, cold_codes)
         if args.write_split:
             split_dir = pathlib.Path(args.write_split)
             split_dir.mkdir(parents=True, exist_ok=True)
             write_triplets(visible, songs, split_dir / "visible.txt")
             write_triplets(hidden, songs, split_dir / "hidden.txt")
+            if args.cold_songs:
+                (split_dir / COLD_SONGS_FILE).write_text(
+                    "".join(f"{songs.ids[code]}\n" for code in sorted(
+                        cold_codes.tolist(), key=lambda code: songs.ids[code])),
+                    encoding="ascii")
             inputs["split_written_to"] = str(split_dir)
             log(f"evaluate: wrote {split_dir / 'visible.txt'} and {split_dir / 'hidden.txt'}")
             if not (args.recommendations or args.submission or args.features
@@ -974,8 +1070,17 @@ def run_evaluation(args: argparse.Namespace, log=print) -> Optional[dict[str, An
     random_lists = [random_list(rng, catalogue_by_id, visible.get(user, {}), list_length,
                                 scratch) for user in truth.users]
 
+    cold_mask = None
+    if args.cold_songs:
+        cold_mask = np.zeros(len(songs), dtype=bool)
+        cold_mask[cold_codes] = True
+        inputs["cold_songs"] = {
+            "fraction": args.cold_songs, "seed": args.seed, "songs": int(len(cold_codes)),
+            "hidden_listens": int(cold_mask[truth.songs].sum()),
+            "users_with_a_hidden_cold_song": int(len({u for u, h in hidden.items()
+                                                      if any(cold_mask[c] for c in h)}))}
     common = dict(truth=truth, popularity=popularity, catalogue=catalogue,
-                  map_cutoff=args.k, precision_cutoff=args.precision_k)
+                  map_cutoff=args.k, precision_cutoff=args.precision_k, cold=cold_mask)
     no_fallback = np.zeros(len(truth.users), dtype=bool)
     models = {}
     if has_content:
@@ -1490,6 +1595,12 @@ def build_parser() -> argparse.ArgumentParser:
                               "the challenge)")
     listens.add_argument("--seed", type=int, default=0,
                          help="seed of the split and of the random model")
+    listens.add_argument("--cold_songs", type=float, default=None, metavar="FRACTION",
+                         help="cold start: this share of the songs in --listens (drawn with "
+                         "--seed) is held out of every model's training: all their listens go "
+                         "to the hidden halves (and --write_split's visible.txt has none; "
+                         "cold_songs.txt lists them); every model is also scored on the cold "
+                         "songs alone and on the others")
     listens.add_argument("--write_split", metavar="DIR",
                          help="also write the split as DIR/visible.txt and DIR/hidden.txt (run "
                               "the recommendation job on visible.txt)")
@@ -1540,8 +1651,12 @@ def validate_args(args: argparse.Namespace) -> None:
         raise EvaluationError("--visible and --hidden go together")
     if split_mode and args.holdout_fraction is None:
         raise EvaluationError("--listens needs --holdout_fraction (e.g. 0.5)")
-    if not split_mode and (args.holdout_fraction is not None or args.write_split):
-        raise EvaluationError("--holdout_fraction and --write_split only apply to --listens")
+    if not split_mode and (args.holdout_fraction is not None or args.write_split
+                           or args.cold_songs is not None):
+        raise EvaluationError("--holdout_fraction, --write_split and --cold_songs only apply "
+                              "to --listens")
+    if args.cold_songs is not None and not 0.0 < args.cold_songs < 1.0:
+        raise EvaluationError(f"--cold_songs {args.cold_songs} must be between 0 and 1")
     if args.submission and not (args.kaggle_users and args.kaggle_songs):
         raise EvaluationError("--submission needs --kaggle_users and --kaggle_songs")
     if args.submission and args.recommendations:
@@ -1560,6 +1675,10 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.k < 1 or args.precision_k < 1 or args.blend_candidates < 1:
         raise EvaluationError("--k, --precision_k and --blend_candidates must be at least 1")
     parse_alphas(args.blend)
+
+
+def _maybe(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -1582,6 +1701,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{_label(report, key):<28} mAP@{cut} {model['map']:.4f}  "
               f"P@{report['protocol']['cutoffs']['precision']} {model['precision']:.4f}  "
               f"coverage {model['coverage']:.1%}  fallback {model['fallback_share']:.1%}")
+        cold = model.get("cold_start")
+        if cold:
+            print(f"{'':<28} cold songs: recall@{cut} {_maybe(cold['cold']['recall'])}  "
+                  f"share {cold['cold_share']:.1%}; warm songs: mAP@{cut} "
+                  f"{_maybe(cold['warm']['map'])}")
     for warning in report["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"wrote {json_path} and {html_path}")

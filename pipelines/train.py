@@ -2,6 +2,7 @@
 
     python -m pipelines.train --model itemcf --listens train_triplets.txt --output_dir out/models/itemcf
     python -m pipelines.train --model als --factors 64 --listens train_triplets.txt --output_dir out/models/als
+    python -m pipelines.train --model hybrid --features out/features --listens train_triplets.txt --output_dir out/models/hybrid
     python -m pipelines.train --config configs/dataflow_cpu.yaml --model itemcf \\
         --listens gs://b/train_triplets.txt --output_dir gs://b/models/itemcf/2026-11-30
 
@@ -36,13 +37,15 @@ from pipelines import launcher
 from recommend import models
 from recommend.models import als as als_lib
 from recommend.models import base as model_base
+from recommend.models import hybrid as hybrid_lib
 from recommend.models import itemcf_similarity
 from transforms import listens as listens_lib
 from transforms import training
 
 SUMMARY_FILE = "run_summary.json"
 STAGING = "_staging"
-TRAINABLE = ("itemcf", "als")
+TRAINABLE = ("itemcf", "als", "hybrid")
+ALS_KINDS = ("als", "hybrid")  # the models fitted by ALS (with its options)
 
 
 class TrainOptions(PipelineOptions):
@@ -89,6 +92,22 @@ class TrainOptions(PipelineOptions):
                             "of the fit to report a validation mAP@500 while training (at "
                             f"{als_lib.VALIDATION_POINTS} evenly spaced iterations); 0 fits "
                             "every listen.")
+        parser.add_argument("--target_min_listeners", type=int,
+                            default=hybrid_lib.DEFAULT_TARGET_MIN_LISTENERS,
+                            help="hybrid: songs whose ALS factors the content network learns "
+                            "from need at least this many listeners.")
+        parser.add_argument("--hidden_units", type=int, default=hybrid_lib.DEFAULT_HIDDEN_UNITS,
+                            help="hybrid: units of each of the content network's two hidden "
+                            "layers.")
+        parser.add_argument("--epochs", type=int, default=hybrid_lib.DEFAULT_EPOCHS,
+                            help="hybrid: training epochs of the content network.")
+        parser.add_argument("--holdout_songs", type=float, default=hybrid_lib.DEFAULT_HOLDOUT,
+                            help="hybrid: share of the network's songs held out of its training "
+                            "to report its validation loss and cosine (seeded by --seed).")
+        parser.add_argument("--predicted_norm_quantile", type=float,
+                            default=hybrid_lib.DEFAULT_NORM_QUANTILE,
+                            help="hybrid: predicted factors get this quantile of the norms of "
+                            "the network's target ALS factors (0.5: the median).")
         config_lib.add_overwrite_argument(parser)
 
     def validate_train_options(self) -> list[str]:
@@ -104,7 +123,12 @@ class TrainOptions(PipelineOptions):
             problems.append(f"--q must be positive, got {self.q}")
         if self.top_m < 1:
             problems.append(f"--top_m must be at least 1, got {self.top_m}")
-        if (self.model or "itemcf") == "als":
+        if (self.model or "itemcf") == "hybrid":
+            if not self.features:
+                problems.append("--model hybrid needs --features (the feature output whose "
+                                "songs it predicts factors for)")
+            problems.extend(hybrid_lib.check_hybrid_parameters(hybrid_parameters(self)))
+        if (self.model or "itemcf") in ALS_KINDS:
             problems.extend(als_lib.check_parameters(self.factors, self.regularization,
                                                      self.als_alpha, self.confidence,
                                                      self.iterations))
@@ -155,6 +179,35 @@ def als_parameters(options: TrainOptions) -> als_lib.ALSParameters:
         seed=options.seed, validation_fraction=options.validation_fraction)
 
 
+def hybrid_parameters(options: TrainOptions) -> hybrid_lib.HybridParameters:
+    return hybrid_lib.HybridParameters(
+        target_min_listeners=options.target_min_listeners, hidden_units=options.hidden_units,
+        epochs=options.epochs, holdout=options.holdout_songs,
+        norm_quantile=options.predicted_norm_quantile, seed=options.seed)
+
+
+def save_hybrid(fitted, options: TrainOptions, model_dir: str) -> int:
+    """Writes the fitted hybrid model (ALS's and the content network's metrics in model.json);
+    returns its number of songs."""
+    song_ids, listeners, item_factors, trained, metrics = fitted
+    if item_factors is None:
+        return 0  # nothing to model: the launcher reports it and publishes nothing
+    network = metrics["content_network"]
+    model = hybrid_lib.HybridModel(
+        song_ids, item_factors, listeners, trained,
+        hybrid={**dataclasses.asdict(hybrid_parameters(options)),
+                "predicted_norm": network["predicted_norm"]},
+        regularization=options.regularization, alpha=options.als_alpha,
+        confidence_variant=options.confidence, iterations=options.iterations, seed=options.seed,
+        min_listeners=options.min_listeners)
+    model_base.save_model(model, model_dir, training={
+        "listens": list(options.listens), "features": options.features,
+        "songs": len(song_ids), "songs_with_als_factors": int(trained.sum()),
+        "user_song_pairs": int(listeners.sum()),
+        "validation_fraction": options.validation_fraction}, metrics=metrics)
+    return len(song_ids)
+
+
 def save_als(fitted, options: TrainOptions, model_dir: str) -> int:
     """Writes the fitted ALS model (its training loss and validation mAP per iteration in
     model.json's metrics); returns its number of songs."""
@@ -187,6 +240,14 @@ def build_pipeline(pipeline: beam.Pipeline, options: TrainOptions, model_dir: st
         fitted = histories | "Fit" >> training.FitALS(options.min_listeners,
                                                       als_parameters(options))
         _ = fitted["model"] | "Save" >> beam.Map(save_als, options, model_dir)
+    elif options.model == "hybrid":
+        content_source = models.ModelSource(features=options.features,
+                                            song_to_tracks=options.song_to_tracks,
+                                            mismatches=options.mismatches)
+        fitted = histories | "Fit" >> training.FitHybrid(
+            options.min_listeners, als_parameters(options), content_source,
+            hybrid_parameters(options))
+        _ = fitted["model"] | "Save" >> beam.Map(save_hybrid, options, model_dir)
     else:
         fitted = histories | "Fit" >> training.FitItemCF(
             options.min_listeners, options.alpha, options.q, options.top_m,
@@ -203,6 +264,10 @@ def build_pipeline(pipeline: beam.Pipeline, options: TrainOptions, model_dir: st
 
 def model_parameters(options: TrainOptions) -> dict:
     """The options that shape the trained model (those of ``--model``)."""
+    if options.model == "hybrid":
+        return {**dataclasses.asdict(als_parameters(options)),
+                "min_listeners": options.min_listeners,
+                "hybrid": dataclasses.asdict(hybrid_parameters(options))}
     if options.model == "als":
         return {**dataclasses.asdict(als_parameters(options)),
                 "min_listeners": options.min_listeners}

@@ -379,3 +379,30 @@ def test_a_submission_that_does_not_match_its_users_is_refused(capsys, tiny):
                             tmp / "kaggle_users.txt", "--kaggle_songs", tmp / "kaggle_songs.txt",
                             "--output_dir", tiny["out"])
     assert code == 1 and "line 2: index outside 1..2" in err
+
+
+# --- cold start ---------------------------------------------------------------------------------
+
+def test_cold_songs_leave_the_visible_half_and_are_scored_alone():
+    songs = evaluate.SongCodes()
+    listens = {user(f"u{i}"): {songs.code(song(letter)): 1 for letter in "ABCDEFGHIJ"[i:i + 6]}
+               for i in range(5)}
+    visible, hidden = evaluate.holdout_split(listens, songs, 0.5, seed=3)
+    cold = evaluate.choose_cold_songs(listens, songs, 0.2, seed=3)
+    assert len(cold) == 2 and cold.tolist() == evaluate.choose_cold_songs(
+        dict(reversed(list(listens.items()))), songs, 0.2, seed=3).tolist()
+    visible2, hidden2 = evaluate.hide_cold_songs(visible, hidden, cold)
+    for u, history in listens.items():
+        assert not set(visible2[u]) & set(cold.tolist())                  # none visible
+        assert set(visible2[u]) | set(hidden2.get(u, {})) == set(history)  # none lost
+    # By hand: one user, hidden {A (cold), B, C}; the list [A, X, B]: cold recall 1, warm
+    # recall 1/2, one recommended song of three is cold.
+    codes = songs.codes([song(c) for c in "ABCX"])
+    truth = evaluate.build_truth({"u": {int(codes[0]): 1, int(codes[1]): 1, int(codes[2]): 1}},
+                                 {"u": {}})
+    is_cold = np.zeros(len(songs), bool)
+    is_cold[codes[0]] = True
+    result = evaluate.cold_start_metrics([codes[[0, 3, 1]]], truth, is_cold, 3, 3)
+    assert result["cold"] == {"users": 1, "map": 1.0, "recall": 1.0, "precision": 1 / 3}
+    assert result["warm"]["recall"] == 0.5 and result["warm"]["map"] == pytest.approx(1 / 6)
+    assert result["cold_share"] == pytest.approx(1 / 3)

@@ -61,9 +61,21 @@ def als_model(songs=40, factors=5, seed=4):
                     rng.integers(1, 6, size=songs), regularization=0.3, alpha=2.0)
 
 
+def hybrid_model(songs=40, factors=5, seed=4):
+    """A hybrid: ALS factors for 30 songs, predicted ones (any direction) for the other 10."""
+    from recommend.models.hybrid import HybridModel
+
+    rng = np.random.default_rng(seed)
+    trained = np.arange(songs) < 30
+    listeners = np.where(trained, rng.integers(1, 6, size=songs), 0)
+    return HybridModel(np.array([song(i) for i in range(songs)], dtype=object),
+                       rng.normal(size=(songs, factors)).astype(np.float32), listeners,
+                       trained, regularization=0.3, alpha=2.0)
+
+
 MODEL_FACTORIES = {"itemcf": lambda: itemcf_model(random_listening()),
                    "content": content_model, "popularity": popularity_model,
-                   "als": als_model}
+                   "als": als_model, "hybrid": hybrid_model}
 
 
 @pytest.mark.parametrize("kind", sorted(MODEL_FACTORIES))

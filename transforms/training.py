@@ -247,3 +247,48 @@ class FitALS(beam.PTransform):
         model = prepared["matrix"] | "ALS" >> beam.Map(
             fit_als_model, beam.pvalue.AsSingleton(prepared["songs"]), self._parameters)
         return {"model": model, "rejected": prepared["rejected"]}
+
+
+def fit_hybrid_model(matrix: sp.csr_matrix, songs: list[str],
+                     parameters: als_lib.ALSParameters, content_source,
+                     hybrid_parameters) -> tuple:
+    """(catalogue songs, listeners, item factors, trained mask, metrics): ALS on the listens
+    (``fit_als_model``), then the content network over every song of ``content_source`` (a
+    ``recommend.models.ModelSource`` of the features); nothing to fit without songs."""
+    from recommend.models import hybrid as hybrid_lib
+
+    songs, listeners, item_factors, als_metrics = fit_als_model(matrix, songs, parameters)
+    if item_factors is None:
+        return songs, listeners, None, None, {}
+    catalogue, _ = content_source.catalogue()
+    content = hybrid_lib.load_song_content(content_source.features,
+                                           catalogue.track_ids.tolist())
+    inputs, names = hybrid_lib.content_inputs(content)
+    row_of_song = catalogue.row_of_song()
+    als_rows = np.array([row_of_song[song_id] for song_id in songs], np.int64)
+    all_listeners = np.zeros(len(catalogue), np.int64)
+    all_listeners[als_rows] = listeners
+    factors, trained, network = hybrid_lib.hybrid_factors(inputs, als_rows, item_factors,
+                                                          all_listeners, hybrid_parameters)
+    counter("hybrid_fits").inc()
+    return (catalogue.song_ids, all_listeners, factors, trained,
+            {"als": als_metrics, "content_network": network, "input_columns": names})
+
+
+class FitHybrid(beam.PTransform):
+    """UserHistories → {"model": one (songs, listeners, item factors, trained, metrics) tuple,
+    "rejected": dead letters}: ``FitALS``'s preparation and fit, then the content network
+    (``recommend.models.hybrid``) on the same worker."""
+
+    def __init__(self, min_listeners: int, parameters: als_lib.ALSParameters, content_source,
+                 hybrid_parameters):
+        super().__init__()
+        self._min_listeners, self._parameters = min_listeners, parameters
+        self._content_source, self._hybrid_parameters = content_source, hybrid_parameters
+
+    def expand(self, histories):
+        prepared = histories | "Prepare" >> PrepareListening(self._min_listeners, "play_counts")
+        model = prepared["matrix"] | "Hybrid" >> beam.Map(
+            fit_hybrid_model, beam.pvalue.AsSingleton(prepared["songs"]), self._parameters,
+            self._content_source, self._hybrid_parameters)
+        return {"model": model, "rejected": prepared["rejected"]}

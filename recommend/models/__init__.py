@@ -28,6 +28,7 @@ MODELS: dict[str, str] = {
     "popularity": "recommend.models.popularity:PopularityModel",
     "itemcf": "recommend.models.itemcf:ItemCFModel",
     "als": "recommend.models.als:ALSModel",
+    "hybrid": "recommend.models.hybrid:HybridModel",
 }
 
 

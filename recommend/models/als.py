@@ -128,15 +128,20 @@ def _fold_in_graph():
 
 class ALSFoldIn:
     """The exact ALS user step for batches of histories, in float64 TensorFlow (see the module
-    docstring). ``item_factors`` float32 [N, f]; YᵀY + λI is computed once here."""
+    docstring). ``item_factors`` float32 [N, f]; YᵀY + λI is computed once here, over the
+    rows ``gram_rows`` (default: every row). The hybrid model passes the rows ALS was fitted
+    on, so songs with predicted factors (nobody listened to them in training) do not enter the
+    Gram and a history of trained songs gets exactly its ALS user vector."""
 
-    def __init__(self, item_factors: np.ndarray, regularization: float):
+    def __init__(self, item_factors: np.ndarray, regularization: float,
+                 gram_rows: Optional[np.ndarray] = None):
         import tensorflow as tf
 
         item_factors = np.asarray(item_factors, dtype=np.float32)
         self.factors = item_factors.shape[1]
         y64 = item_factors.astype(np.float64)
-        self.gram = y64.T @ y64 + regularization * np.eye(self.factors)
+        gram_y = y64 if gram_rows is None else y64[np.asarray(gram_rows, np.int64)]
+        self.gram = gram_y.T @ gram_y + regularization * np.eye(self.factors)
         self._items = tf.constant(y64)
         self._gram = tf.constant(self.gram)
         self._solve = _fold_in_graph()
@@ -175,16 +180,17 @@ class ALSModel(Recommender):
         n = len(self.song_ids)
         item_factors = np.asarray(item_factors)
         if item_factors.ndim != 2 or item_factors.shape[0] != n or item_factors.shape[1] < 1:
-            raise ModelError(f"als: item factors of shape {item_factors.shape} for {n} songs "
-                             "(expected [songs, factors])")
+            raise ModelError(f"{self.kind}: item factors of shape {item_factors.shape} for {n} "
+                             "songs (expected [songs, factors])")
         if item_factors.dtype != np.float32:
-            raise ModelError(f"als: item factors must be float32, got {item_factors.dtype}")
+            raise ModelError(f"{self.kind}: item factors must be float32, got "
+                             f"{item_factors.dtype}")
         if not np.isfinite(item_factors).all():
-            raise ModelError("als: the item factors hold NaN/Inf")
+            raise ModelError(f"{self.kind}: the item factors hold NaN/Inf")
         problems = check_parameters(item_factors.shape[1], regularization, alpha,
                                     confidence_variant, iterations)
         if problems:
-            raise ModelError("als: " + "; ".join(problems))
+            raise ModelError(f"{self.kind}: " + "; ".join(problems))
         self.item_factors = np.ascontiguousarray(item_factors)
         self.popularity = PopularityModel(self.song_ids, listeners)
         self.regularization, self.alpha = float(regularization), float(alpha)
@@ -194,9 +200,13 @@ class ALSModel(Recommender):
         self._fold_in: Optional[ALSFoldIn] = None
         self._scorer = None
 
+    def gram_rows(self) -> Optional[np.ndarray]:
+        """The rows whose factors form the fold-in's YᵀY (None: all; see ``ALSFoldIn``)."""
+        return None
+
     def fold_in(self) -> ALSFoldIn:
         if self._fold_in is None:
-            self._fold_in = ALSFoldIn(self.item_factors, self.regularization)
+            self._fold_in = ALSFoldIn(self.item_factors, self.regularization, self.gram_rows())
         return self._fold_in
 
     def scorer(self):
@@ -210,16 +220,16 @@ class ALSModel(Recommender):
                            play_counts: Sequence[Optional[np.ndarray]]) -> list[np.ndarray]:
         """c per listen; a user without play counts (None) counts each listen once."""
         if len(play_counts) != len(histories):
-            raise ModelError(f"als: {len(play_counts)} play-count arrays for "
+            raise ModelError(f"{self.kind}: {len(play_counts)} play-count arrays for "
                              f"{len(histories)} histories")
         out = []
         for user, (history, counts) in enumerate(zip(histories, play_counts)):
             counts = np.ones(len(history)) if counts is None else np.asarray(counts)
             if counts.shape != (len(history),):
-                raise ModelError(f"als: user {user} has {len(history)} songs and "
+                raise ModelError(f"{self.kind}: user {user} has {len(history)} songs and "
                                  f"{counts.shape} play counts")
             if len(counts) and counts.min() < 1:
-                raise ModelError(f"als: user {user} has a play count below 1")
+                raise ModelError(f"{self.kind}: user {user} has a play count below 1")
             out.append(confidence(counts, self.alpha, self.confidence_variant))
         return out
 
@@ -249,7 +259,7 @@ class ALSModel(Recommender):
         for user in sorted(set(range(len(histories))) - set(known)):
             picks = self.popularity.top(histories[user], k)  # no history: no factors
             if len(picks) < k:
-                raise ModelError(f"als: user {user} leaves fewer than k={k} songs")
+                raise ModelError(f"{self.kind}: user {user} leaves fewer than k={k} songs")
             rows[user], filled[user] = picks, k
         return Recommendations(rows, scores, filled)
 
@@ -265,18 +275,24 @@ class ALSModel(Recommender):
 
     @classmethod
     def from_arrays(cls, song_ids, arrays, parameters) -> "ALSModel":
+        return cls(song_ids, arrays["item_factors"], arrays["listeners"],
+                   **cls.stored_parameters(arrays, parameters))
+
+    @classmethod
+    def stored_parameters(cls, arrays, parameters) -> dict[str, Any]:
+        """The constructor's keyword arguments from model.json's parameters (the factor count
+        checked against item_factors.npy)."""
         factors = parameters.get("factors")
         if factors is not None and arrays["item_factors"].shape[1:] != (factors,):
-            raise ModelError(f"als: item_factors.npy has shape {arrays['item_factors'].shape}, "
-                             f"model.json says {factors} factors")
-        return cls(song_ids, arrays["item_factors"], arrays["listeners"],
-                   regularization=float(parameters.get("regularization",
-                                                       DEFAULT_REGULARIZATION)),
-                   alpha=float(parameters.get("alpha", DEFAULT_ALPHA)),
-                   confidence_variant=parameters.get("confidence", DEFAULT_CONFIDENCE),
-                   iterations=int(parameters.get("iterations", DEFAULT_ITERATIONS)),
-                   seed=int(parameters.get("seed", 0)),
-                   min_listeners=int(parameters.get("min_listeners", 1)))
+            raise ModelError(f"{cls.kind}: item_factors.npy has shape "
+                             f"{arrays['item_factors'].shape}, model.json says {factors} factors")
+        return dict(regularization=float(parameters.get("regularization",
+                                                        DEFAULT_REGULARIZATION)),
+                    alpha=float(parameters.get("alpha", DEFAULT_ALPHA)),
+                    confidence_variant=parameters.get("confidence", DEFAULT_CONFIDENCE),
+                    iterations=int(parameters.get("iterations", DEFAULT_ITERATIONS)),
+                    seed=int(parameters.get("seed", 0)),
+                    min_listeners=int(parameters.get("min_listeners", 1)))
 
 
 # ----------------------------------------------------------------------------------------------
