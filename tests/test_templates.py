@@ -16,7 +16,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import config as config_lib
-from pipelines import features, recommend
+from pipelines import features, recommend, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TEMPLATES = REPO / "templates"
@@ -25,17 +25,21 @@ TEMPLATES = REPO / "templates"
 OPTION_CLASSES = {
     "features": (features.FeaturesOptions, config_lib.OutputOptions),
     "recommend": (recommend.RecommendOptions, config_lib.OutputOptions),
+    "train": (train.TrainOptions,),
 }
 VALIDATORS = {
     "features": (features.FeaturesOptions, "validate_features_options"),
     "recommend": (recommend.RecommendOptions, "validate_recommend_options"),
+    "train": (train.TrainOptions, "validate_train_options"),
 }
+JOB_MODULES = {"features": features, "recommend": recommend, "train": train}
 # Options deliberately left out of a template, with the reason (keep this short).
 NOT_IN_TEMPLATE = {
     "features": {},
     # The recommend template writes BigQuery only (a Parquet partition is published by the
     # launching process after the job, which a template launch never waits for).
     "recommend": {"num_shards": "Parquet output only"},
+    "train": {},
 }
 
 # Documented examples (what users will type) and values that must be refused before a launch.
@@ -85,6 +89,38 @@ EXAMPLES = {
         "kaggle_submission": (["gs://my-bucket/submissions/2024-05-01.txt"],
                               ["gs://my-bucket/submissions/", "submission.txt"]),
         "kaggle_songs": (["gs://my-bucket/listens/kaggle_songs.txt"], ["kaggle_songs.txt"]),
+    },
+    "train": {
+        "model": (["itemcf", "als", "hybrid"], ["content", "ItemCF", "", "timbre_cosine"]),
+        "listens": (["gs://my-bucket/listens/train_triplets.txt", "gs://my-bucket/listens/*.txt"],
+                    ["gs://my-bucket/listens/", "train_triplets.txt"]),
+        "output_dir": (["gs://my-bucket/models/itemcf", "gs://my-bucket/models/als/"],
+                       ["models/itemcf", "gs://my-bucket/models/*", "/tmp/models"]),
+        "overwrite": (["true", "false"], ["yes", "True", "1"]),
+        "features": (["gs://my-bucket/features", "gs://my-bucket/features/csv/part-*.csv"],
+                     ["out/features", "/data/features"]),
+        "song_to_tracks": (["gs://my-bucket/listens/taste_profile_song_to_tracks.txt"],
+                           ["gs://my-bucket/listens/", "taste_profile_song_to_tracks.txt"]),
+        "mismatches": (["gs://my-bucket/listens/sid_mismatches.txt"], ["sid_mismatches.txt"]),
+        "max_play_count": (["100000"], ["0", "1e5"]),
+        "min_listeners": (["1", "5"], ["0", "-1", "1.5"]),
+        "alpha": (["0.15", "0", "1", "0.5", "1.0", ".3"], ["1.5", "-0.1", "2", "", "0.5.1"]),
+        "q": (["3.0", "3", "1", "0.5"], ["0", "0.0", "-1", "3e"]),
+        "top_m": (["200", "50"], ["0", "-5", "2.5"]),
+        "pair_budget": (["60000000", "1000"], ["0", "6e7", "-1"]),
+        "factors": (["64", "128"], ["0", "-64", "64.0"]),
+        "regularization": (["10.0", "0.01", "1"], ["0", "0.0", "-1"]),
+        "als_alpha": (["10.0", "40", "0.5"], ["0", "-10"]),
+        "confidence": (["log", "linear"], ["Log", "sqrt", ""]),
+        "iterations": (["15", "1"], ["0", "-1", "15.5"]),
+        "seed": (["0", "42"], ["-1", "seed", "1.5"]),
+        "validation_fraction": (["0.1", "0", "0.0", ".25"], ["1", "1.0", "-0.1", "0.5.0"]),
+
+        "target_min_listeners": (["5", "1"], ["0", "-5", "5.0"]),
+        "hidden_units": (["256", "64"], ["0", "-1", "256.0"]),
+        "epochs": (["60", "1"], ["0", "-1", "6e1"]),
+        "holdout_songs": (["0.1", "0", ".2"], ["1", "1.0", "-0.1"]),
+        "predicted_norm_quantile": (["0.5", "0", "1", "0.25"], ["1.5", "-0.5", "50"]),
     },
 }
 
@@ -312,7 +348,7 @@ def test_dockerfile_copies_every_package_and_runs_the_jobs_main(job):
     main_file = env["FLEX_TEMPLATE_PYTHON_PY_FILE"]
     assert main_file == "/template/main.py" and f"> {main_file}" in text
     assert f"from pipelines.{job} import main" in text
-    assert callable(getattr({"features": features, "recommend": recommend}[job], "main"))
+    assert callable(getattr(JOB_MODULES[job], "main"))
     includes = re.search(r"find_packages\(include=\[([^\]]*)\]", (REPO / "setup.py").read_text())
     packages = {name.strip(' "*') for name in includes.group(1).split(",")}
     copied = set(re.findall(r"^COPY (\w+) \./\1$", text, flags=re.M))
@@ -330,3 +366,39 @@ def test_gpu_worker_image_matches_the_template_images():
     for library in ("nvidia-cudnn-cu12", "nvidia-cuda-runtime-cu12", "nvidia-cublas-cu12"):
         assert re.search(rf'"{library}==[0-9.]+"', text), library
     assert "-c constraints.txt" in text and "pip check" in text
+
+
+def test_the_train_template_offers_exactly_the_trainable_models():
+    model = parameters("train")["model"]
+    assert [o["value"] for o in model["enumOptions"]] == list(train.TRAINABLE)
+    assert all(matches(model, name) for name in train.TRAINABLE)
+
+
+def test_a_train_template_launch_returns_once_the_job_is_staged(tmp_path):
+    """As for recommend: the launcher builds the training job and exits; the model is staged in
+    OUTPUT_DIR/_staging/<version>/ by the job and published afterwards by the training workflow
+    (templates/train/publish_model.py, tested in tests/test_orchestration.py)."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+    from apache_beam.runners.dataflow.internal import apiclient
+
+    client = mock.MagicMock()
+    client.return_value.create_job.return_value = None
+    with mock.patch.object(apiclient, "DataflowApplicationClient", client), \
+            mock.patch.object(GoogleCloudOptions, "_warn_if_soft_delete_policy_enabled",
+                              lambda self, name: None):
+        result = train.run([
+            "--runner=DataflowRunner", "--project=my-project", "--region=us-central1",
+            "--temp_location=gs://my-bucket/tmp", "--staging_location=gs://my-bucket/staging",
+            "--no_auth", "--sdk_location=container",
+            "--template_location=gs://my-bucket/template_launches/1/job_object",
+            "--model=itemcf", "--listens=gs://my-bucket/listens/train_triplets.txt",
+            "--output_dir=gs://my-bucket/models/itemcf", "--overwrite=true"])
+    assert client.return_value.create_job.called, "the job was not even built"
+    assert result is None
+
+
+def test_the_train_image_holds_and_checks_the_publish_script():
+    text = dockerfile("train")
+    assert "COPY templates/train/publish_model.py /template/publish_model.py" in text
+    assert "python /template/publish_model.py --help" in text
+    assert (TEMPLATES / "train" / "publish_model.py").is_file()
