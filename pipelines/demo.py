@@ -11,6 +11,11 @@ this machine, with no cloud account.
 then prints a user's lists from both models side by side as artist – title, read back with
 DuckDB (the local twin of the BigQuery table), and the evaluation's headline numbers.
 """
+from pipelines import cli
+
+if __name__ == "__main__":  # before anything imports TensorFlow
+    cli.quiet_native_logs()
+
 import argparse
 import collections
 import csv

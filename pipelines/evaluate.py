@@ -41,6 +41,11 @@ the other (warm) hidden songs, and the share of its recommendations that are col
 trained on the visible listens only (itemcf, als, popularity) cannot recommend a cold song: it
 scores zero there by construction; the content and hybrid models can.
 """
+from pipelines import cli
+
+if __name__ == "__main__":  # before anything imports TensorFlow
+    cli.quiet_native_logs()
+
 import argparse
 import collections
 import dataclasses

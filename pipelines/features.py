@@ -10,6 +10,11 @@ track_id,song_id,f00..f89), songs/ (Parquet metadata for joins), rejected/ (JSON
 file or song not used, with the reason), transform_fn/ and transformed_metadata/ (TFT),
 run_summary.json (counts that reconcile, options, duration).
 """
+from pipelines import cli
+
+if __name__ == "__main__":  # before anything imports TensorFlow
+    cli.quiet_native_logs()
+
 import argparse
 import datetime
 import logging
@@ -301,4 +306,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main("features", main)

@@ -7,6 +7,11 @@ co-listening scenes).
 
 The same --seed gives the same files (byte for byte). All the logic is in ``msd.synthetic``.
 """
+from pipelines import cli
+
+if __name__ == "__main__":  # before anything imports TensorFlow
+    cli.quiet_native_logs()
+
 import argparse
 import sys
 from typing import Optional, Sequence

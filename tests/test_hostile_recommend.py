@@ -233,3 +233,18 @@ def test_numbers_that_make_no_sense_are_refused_before_the_job(args, message, tm
     with pytest.raises(SystemExit, match=message):
         recommend.run(["--features", str(tmp_path), "--listens", "l.txt",
                        "--output", str(tmp_path / "o")] + args)
+
+
+@pytest.mark.parametrize("module, args, message", [
+    ("pipelines.features", ["--input", "{tmp}/nothing/*.h5", "--output_dir", "{tmp}/out"],
+     "features: no file matches {tmp}/nothing/*.h5"),
+    ("pipelines.train", ["--listens", "{tmp}", "--output_dir", "{tmp}/model"],
+     "train: --listens: {tmp} is a folder; give a file, or a pattern such as {tmp}/*.txt"),
+])
+def test_the_other_clis_print_one_line_and_no_native_noise(module, args, message, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", module] + [a.format(tmp=tmp_path) for a in args],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [message.format(tmp=tmp_path)], result.stderr
