@@ -169,21 +169,6 @@ def runs_on_this_machine(options: PipelineOptions) -> bool:
     return name in LOCAL_RUNNERS or f"{name}runner" in LOCAL_RUNNERS
 
 
-def copy_folder(source: str, destination: str) -> int:
-    """Copies every file below the local folder ``source`` to ``destination`` (local or gs://,
-    through Beam's file systems); returns how many files were copied."""
-    copied = 0
-    for root, _, names in os.walk(source):
-        for name in sorted(names):
-            path = os.path.join(root, name)
-            relative = os.path.relpath(path, source).replace(os.sep, "/")
-            with open(path, "rb") as handle, \
-                    FileSystems.create(FileSystems.join(destination, relative)) as out:
-                shutil.copyfileobj(handle, out, 8 << 20)
-            copied += 1
-    return copied
-
-
 def _exists(path: str) -> bool:
     """A file or folder at ``path``. GCS has no folders: there a folder exists while some object
     lies below it (``FileSystems.exists`` only sees an object of that exact name)."""
@@ -243,10 +228,29 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
         "features", argv, FeaturesOptions, FeaturesOptions.validate_features_options)
     patterns = [read_msd.expand_input(item) for item in features_options.input]
     staging_only = config_lib.is_staging_only(options)
+    lock = None
     if not staging_only:
+        problems = launcher.unreadable_inputs(features_options.input, allow_folders=True)
+        if problems:
+            raise SystemExit(f"features: --input: {'; '.join(problems)}")
         empty = launcher.patterns_matching_nothing(patterns)
         if empty:
             raise SystemExit(f"features: no file matches {', '.join(empty)}")
+        # One run per output folder at a time: a second would delete the first's live staging.
+        lock = launcher.RunLock(FileSystems.join(features_options.output_dir.rstrip("/"),
+                                                 LOCK_FILE), "features").acquire()
+    try:
+        return _run(options, features_options, patterns, staging_only)
+    finally:
+        if lock:
+            lock.release()
+
+
+LOCK_FILE = "_features.lock"
+
+
+def _run(options, features_options, patterns, staging_only) -> Optional[dict]:
+    if not staging_only:
         _check_output_dir(features_options.output_dir, features_options.overwrite)
     output_dir = features_options.output_dir.rstrip("/")
     # Outputs are written to a staging folder and moved into place once the job succeeded,
@@ -284,7 +288,8 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
                               features_options, patterns, time.monotonic() - started)
         if tft_output_dir:
             for name in TFT_ARTEFACTS:
-                copy_folder(os.path.join(tft_output_dir, name), FileSystems.join(staging, name))
+                launcher.copy_local_folder(os.path.join(tft_output_dir, name),
+                                           FileSystems.join(staging, name))
     finally:
         if local_tft:
             shutil.rmtree(local_tft, ignore_errors=True)

@@ -109,7 +109,7 @@ def patterns_matching_nothing(patterns: Iterable[str]) -> list[str]:
     return empty
 
 
-def unreadable_inputs(patterns: Iterable[str]) -> list[str]:
+def unreadable_inputs(patterns: Iterable[str], allow_folders: bool = False) -> list[str]:
     """Local inputs that are not regular files, each with what it is: a pipe, device or socket
     has no size to split into ranges (Beam would read it as empty, or a device without end),
     and a folder is not a listening file. Patterns (glob characters) and gs:// paths are
@@ -123,14 +123,16 @@ def unreadable_inputs(patterns: Iterable[str]) -> list[str]:
         except OSError:
             continue  # missing: reported by patterns_matching_nothing
         if stat.S_ISDIR(mode):
+            if allow_folders:
+                continue
             problems.append(f"{pattern} is a folder; give a file, or a pattern such as "
                             f"{pattern.rstrip('/')}/*.txt")
         elif not stat.S_ISREG(mode):
             kind = ("a pipe" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode)
                     or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a file")
             problems.append(f"{pattern} is {kind}, not a regular file: its size is unknown, so it "
-                            "cannot be read in parallel or checked; write it to a file first "
-                            "(e.g. zcat x.gz > x.txt, or pass the .gz itself)")
+                            "cannot be read in parallel, bounded or checked; write it to a file "
+                            "first")
     return problems
 
 

@@ -284,3 +284,43 @@ def test_files_are_read_ahead_in_order_within_the_file_and_byte_limits(monkeypat
     # over --max_file_bytes, rejected unread, so it holds no bytes; "e" (600) and then "f" wait
     # until what is read ahead fits in READ_AHEAD_BYTES (650) with them.
     assert submitted_after == {"a": 0, "b": 0, "c": 0, "d": 1, "e": 3, "f": 5}
+
+
+# --- hostile inputs and concurrent runs (issue 14) ----------------------------------------
+
+def test_a_file_named_like_a_pattern_is_read_as_that_file(real_msd_dir, tmp_path):
+    """``glob[1].h5`` was taken for a pattern and reported as matching nothing."""
+    import shutil
+
+    literal = tmp_path / "in" / "glob[1].h5"
+    literal.parent.mkdir()
+    shutil.copy(real_msd_dir / "A" / "X" / "L" / "TRAXLZU12903D05F94.h5", literal)
+    summary = features.run(["--input", str(literal), "--output_dir", str(tmp_path / "out")])
+    assert summary["files_matched"] == 1 and summary["songs_written"] == 1
+
+
+def test_a_device_or_pipe_as_input_is_refused_not_read_without_bound(tmp_path):
+    fifo = tmp_path / "songs.h5"
+    os.mkfifo(fifo)
+    for source, kind in (("/dev/zero", "a device"), (str(fifo), "a pipe")):
+        with pytest.raises(SystemExit, match=f"--input: {source} is {kind}, not a regular file"):
+            features.run(["--input", source, "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_second_run_on_one_output_dir_is_refused_while_the_first_runs(real_msd_dir, tmp_path):
+    """The second run would delete the first's live staging (it died inside TFT); now it is
+    refused naming the first, whose lock is released when it ends."""
+    import socket
+
+    output = tmp_path / "out"
+    output.mkdir()
+    lock = output / features.LOCK_FILE
+    lock.write_text(json.dumps({"job": "features", "host": socket.gethostname(),
+                                "pid": os.getppid(), "started": "2026-11-30T08:00:00Z"}))
+    with pytest.raises(SystemExit, match=rf"another run holds .*{features.LOCK_FILE}"):
+        features.run(["--input", str(real_msd_dir), "--output_dir", str(output)])
+    lock.unlink()
+    assert features.run(["--input", str(real_msd_dir), "--output_dir", str(output)])[
+        "files_reconcile"]
+    assert not lock.exists()

@@ -1,6 +1,7 @@
 """Beam transforms that find MSD HDF5 files and turn them into songs and rejections."""
 import collections
 import concurrent.futures
+import glob
 import logging
 import os
 import time
@@ -24,7 +25,11 @@ _WILDCARDS = "*?["
 
 
 def expand_input(path_or_pattern: str) -> str:
-    """A folder means every ``*.h5`` below it; a pattern or file is used as given."""
+    """A folder means every ``*.h5`` below it; a pattern or file is used as given. A local file
+    whose name holds glob characters (``glob[1].h5``) is that file, not a pattern: its special
+    characters are escaped."""
+    if "://" not in path_or_pattern and os.path.isfile(path_or_pattern):
+        return glob.escape(path_or_pattern)
     if any(char in path_or_pattern for char in _WILDCARDS) or path_or_pattern.endswith(".h5"):
         return path_or_pattern
     is_folder = path_or_pattern.endswith("/") or (
