@@ -295,6 +295,11 @@ def _run(options, features_options, patterns, staging_only) -> Optional[dict]:
             shutil.rmtree(local_tft, ignore_errors=True)
     if not temp_location and not local_tft and FileSystems.exists(temp_dir):
         FileSystems.delete([temp_dir])
+    if features_options.normalization == "zscore_l2" and summary["songs_written"] < 2:
+        raise SystemExit(
+            f"features: --normalization zscore_l2 standardises every dimension over the "
+            f"catalogue: over {summary['songs_written']} song(s) every vector is zero; use l2, or "
+            f"more songs. Nothing was published (staging left in {staging})")
     publish_outputs(staging, output_dir)
     launcher.write_summary(summary, output_dir, SUMMARY_FILE)
     return summary

@@ -324,3 +324,13 @@ def test_a_second_run_on_one_output_dir_is_refused_while_the_first_runs(real_msd
     assert features.run(["--input", str(real_msd_dir), "--output_dir", str(output)])[
         "files_reconcile"]
     assert not lock.exists()
+
+
+def test_zscore_over_one_song_is_refused_not_published_as_a_zero_vector(real_msd_dir, tmp_path):
+    one = str(real_msd_dir / "A" / "X" / "L" / "TRAXLZU12903D05F94.h5")
+    with pytest.raises(SystemExit, match="zscore_l2 standardises every dimension .* over 1 "
+                                         "song\\(s\\) every vector is zero"):
+        features.run(["--input", one, "--output_dir", str(tmp_path / "out"),
+                      "--normalization", "zscore_l2"])
+    assert not (tmp_path / "out" / "run_summary.json").exists()
+    assert not (tmp_path / "out" / "features").exists()
