@@ -490,7 +490,7 @@ def read_parquet_recommendations(directory: str, run_date: Optional[str], songs:
             raise EvaluationError(f"--run_date {run_date}: no such run in {directory} (runs: "
                                   f"{', '.join(sorted(runs))})")
         folder = _model_folder(runs[run_date], model)
-    from transforms.write_recommendations import partition_files
+    from pipelines.launcher import partition_files
 
     files = partition_files(folder)  # the published version (its _SUCCESS.json marker)
     if not files:

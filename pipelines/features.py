@@ -179,14 +179,6 @@ def _exists(path: str) -> bool:
     return bool(FileSystems.match([path.rstrip("/") + "/**"], limits=[1])[0].metadata_list)
 
 
-def _delete(path: str) -> None:
-    """Deletes the file or folder ``path`` (on GCS: every object below it, which
-    ``FileSystems.delete`` does only for a path ending in "/")."""
-    if "://" in path and not FileSystems.exists(path):
-        path = path.rstrip("/") + "/"
-    FileSystems.delete([path])
-
-
 def _check_output_dir(output_dir: str, overwrite: bool) -> None:
     """Refuses to replace an earlier run's outputs without --overwrite; clears what a killed
     run left in the staging area (never visible to readers)."""
@@ -197,8 +189,7 @@ def _check_output_dir(output_dir: str, overwrite: bool) -> None:
             f"features: {output_dir} already holds outputs of an earlier run "
             f"({', '.join(existing)}); pass --overwrite to replace them")
     leftovers = FileSystems.join(output_dir, STAGING)
-    if _exists(leftovers):
-        _delete(leftovers)
+    launcher.delete_tree(leftovers)
 
 
 def publish_outputs(staging: str, output_dir: str) -> None:
@@ -211,13 +202,10 @@ def publish_outputs(staging: str, output_dir: str) -> None:
         staged = FileSystems.join(staging, name)
         final = FileSystems.join(output_dir, name)
         if _exists(staged):
-            if "://" in final and _exists(final):
-                _delete(final)  # what launcher.replace_folder's delete does not reach on GCS
             launcher.replace_folder(staged, final)
-        elif _exists(final):
-            _delete(final)
-    if _exists(staging):
-        _delete(staging)
+        else:
+            launcher.delete_tree(final)
+    launcher.delete_tree(staging)
     launcher.remove_if_empty(FileSystems.join(output_dir, STAGING))
 
 

@@ -245,6 +245,18 @@ def published_files(folder: str) -> Optional[list[str]]:
     return [FileSystems.join(folder, name) for name in listed]
 
 
+def partition_files(partition: str) -> list[str]:
+    """The Parquet files of one (run_date, model) partition that readers use: those its
+    ``_SUCCESS.json`` marker names (the published version), or, in a partition written before
+    markers existed, every ``*.parquet`` file in it. Every reader of the local/GCS output (the
+    query tool, the evaluation) goes through here."""
+    listed = published_files(partition)
+    if listed is not None:
+        return listed
+    return sorted(m.path for m in FileSystems.match(
+        [FileSystems.join(partition, "*.parquet")])[0].metadata_list)
+
+
 def publish_version(staged: str, folder: str, run_id: str, summary: Optional[dict] = None
                     ) -> list[str]:
     """Publishes the files of ``staged`` into ``folder`` as one version, the same way on a local

@@ -21,7 +21,6 @@ if __name__ == "__main__":  # before TensorFlow is imported
 
 import argparse
 import logging
-import os
 import sys
 import tempfile
 from typing import Optional, Sequence

@@ -430,31 +430,16 @@ def recommendation_files(recommendations_dir: str) -> list[str]:
                              f"the layout {_LAYOUT})")
         if len(parts) == 3 and parts[2].endswith(".parquet"):
             files.append((name(day, entry), path))
-    files = _published(files)
+    from pipelines import launcher
+
+    # Each partition's published version (its _SUCCESS.json marker): files of an unfinished
+    # or superseded publish are never read.
+    files = [path for folder in sorted({folder for folder, _ in files})
+             for path in launcher.partition_files(folder)]
     if not files:
         raise QueryError(f"--recommendations {recommendations_dir}: no Parquet files in "
                          f"{_LAYOUT} (the recommendation job's --output)")
     return files
-
-
-def _published(files: list[tuple[str, str]]) -> list[str]:
-    """Of (partition folder, file) pairs, the files of each partition's published version: the
-    ones its ``_SUCCESS.json`` names (files of an unfinished or superseded publish are never
-    read), or all of them in a partition written before markers existed."""
-    from pipelines import launcher
-
-    by_partition: dict[str, list[str]] = {}
-    for folder, path in files:
-        by_partition.setdefault(folder, []).append(path)
-    kept = []
-    for folder, paths in sorted(by_partition.items()):
-        listed = launcher.published_files(folder)
-        if listed is None:
-            kept.extend(paths)
-        else:
-            names = {os.path.basename(p) for p in listed}
-            kept.extend(p for p in paths if os.path.basename(p) in names)
-    return kept
 
 
 def song_files(songs: str) -> list[str]:

@@ -87,7 +87,7 @@ def test_a_run_that_fails_while_publishing_leaves_the_previous_output(
     """A full disk while the summary is staged, or while the partition's marker is switched
     (the new files already copied in): the previous version stays what readers see, whole,
     with its report; a rerun publishes and removes the leftovers."""
-    from transforms.write_recommendations import partition_files
+    from pipelines.launcher import partition_files
 
     output = tmp_path / "out"
     args = job_args(toy_model, synthetic_sample.triplets_path, output)

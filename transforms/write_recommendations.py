@@ -284,20 +284,6 @@ def staging_dir(output: str, run_date: datetime.date, model: str,
                             f"run_date={run_date.isoformat()}-{model}-{run_id or new_run_id()}")
 
 
-def partition_files(partition: str) -> list[str]:
-    """The Parquet files of one (run_date, model) partition that readers use: those its
-    ``_SUCCESS.json`` marker names (the published version), or, in a partition written before
-    markers existed, every ``*.parquet`` file in it. Every reader of the local/GCS output (the
-    query tool, the evaluation) goes through here."""
-    from pipelines import launcher
-
-    listed = launcher.published_files(partition)
-    if listed is not None:
-        return listed
-    return sorted(m.path for m in FileSystems.match(
-        [FileSystems.join(partition, "*.parquet")])[0].metadata_list)
-
-
 class WriteRecommendationsToParquet(beam.PTransform):
     """Writes the users' rows as Parquet into ``staging`` (the launcher publishes it
     afterwards), ``batch_users`` users per Arrow record batch."""

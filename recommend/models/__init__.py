@@ -59,7 +59,7 @@ def check_model_dir(model_dir: str) -> dict:
     """A model directory checked against its ``model.json`` (kind known, songs, every array's
     shape and dtype from its header) without loading it; returns the manifest."""
     manifest = base.read_manifest(model_dir)
-    return base.check_model_dir(model_dir, model_class(manifest["kind"]).stored_arrays)
+    return base.check_model_dir(model_dir, model_class(manifest["kind"]).stored_arrays, manifest)
 
 
 def _side_file(path: Optional[str], reader) -> tuple[object, list]:
@@ -102,15 +102,17 @@ class ModelSource:
     def kind(self) -> str:
         return self.manifest()["kind"] if self.model_dir else "content"
 
-    def _track_pairs(self) -> Optional[list[tuple[str, str]]]:
+    def _track_pairs(self, features: Optional[catalogue_lib.Catalogue] = None
+                     ) -> Optional[list[tuple[str, str]]]:
         if not self.features:
             return None
-        ids = catalogue_lib.load_catalogue(self.features, with_features=False)
+        ids = features or catalogue_lib.load_catalogue(self.features, with_features=False)
         return list(zip(ids.track_ids.tolist(), ids.song_ids.tolist()))
 
-    def catalogue(self) -> tuple[catalogue_lib.SongCatalogue, list]:
+    def catalogue(self, features: Optional[catalogue_lib.Catalogue] = None
+                  ) -> tuple[catalogue_lib.SongCatalogue, list]:
         """The catalogue by song (ids and tracks only, no vectors), and the dead letters of
-        the side files."""
+        the side files; ``features``: the feature catalogue when the caller has read it."""
         from msd import listening
 
         song_to_tracks, rejected_a = _side_file(self.song_to_tracks,
@@ -118,7 +120,7 @@ class ModelSource:
         mismatches, rejected_b = _side_file(self.mismatches, listening.read_sid_mismatches)
         model_songs = (base.read_song_ids(self.model_dir, self.manifest()) if self.model_dir
                        else None)
-        catalogue = catalogue_lib.song_catalogue(self._track_pairs(), song_to_tracks,
+        catalogue = catalogue_lib.song_catalogue(self._track_pairs(features), song_to_tracks,
                                                  mismatches or set(), model_songs)
         return catalogue, rejected_a + rejected_b
 
@@ -129,7 +131,7 @@ class ModelSource:
         from recommend.models.content import ContentModel
 
         features = catalogue_lib.load_catalogue(self.features)
-        catalogue, _ = self.catalogue()
+        catalogue, _ = self.catalogue(features)
         row_of_track = features.row_of_track()
         rows = np.fromiter((row_of_track[t] for t in catalogue.track_ids.tolist()), np.int64,
                            count=len(catalogue))

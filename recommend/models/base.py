@@ -192,11 +192,12 @@ def _described(model_dir: str, manifest: dict, name: str, expected: dict) -> dic
     return described[name]
 
 
-def check_model_dir(model_dir: str, expected: dict[str, tuple[str, int]]) -> dict[str, Any]:
-    """Checks a model directory against its own ``model.json`` without reading the arrays'
-    data (only their headers): what a launcher does before a job starts. Returns the
-    manifest."""
-    manifest = read_manifest(model_dir)
+def check_model_dir(model_dir: str, expected: dict[str, tuple[str, int]],
+                    manifest: Optional[dict] = None) -> dict[str, Any]:
+    """Checks a model directory against its own ``model.json`` (``manifest`` when the caller
+    has read it) without reading the arrays' data (only their headers): what a launcher does
+    before a job starts. Returns the manifest."""
+    manifest = manifest or read_manifest(model_dir)
     read_song_ids(model_dir, manifest)
     for name in expected:
         described = _described(model_dir, manifest, name, expected)

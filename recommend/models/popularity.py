@@ -33,11 +33,6 @@ class PopularityModel(Recommender):
         self.listeners = listeners
         self.order = popularity_order(listeners)
 
-    @classmethod
-    def from_counts(cls, counts: dict[str, int]) -> "PopularityModel":
-        song_ids = np.array(sorted(counts), dtype=object)
-        return cls(song_ids, np.array([counts[s] for s in song_ids.tolist()], np.int64))
-
     def top(self, excluded: np.ndarray, k: int) -> np.ndarray:
         """The ``k`` most popular rows not in ``excluded`` (fewer if not enough songs have
         listeners)."""
