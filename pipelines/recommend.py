@@ -410,7 +410,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
             if not staging_only and not bigquery else None)
     if not staging_only:
         _check_inputs_exist(recommend_options)
-        _check_report_dir(recommend_options, report_dir)
+        _check_outputs(recommend_options, report_dir)
     if lock:
         lock.acquire()
     try:
@@ -468,14 +468,18 @@ def _inputs(options: RecommendOptions) -> list[tuple[str, str]]:
     return found
 
 
-def _check_report_dir(options: RecommendOptions, report_dir: str) -> None:
-    """The report folder is replaced by each run: it must be the product's own (absent, or a
-    recommend report), and must not hold or sit inside an input, or the rows' output."""
+def _check_outputs(options: RecommendOptions, report_dir: str) -> None:
+    """Where the run writes is its own: the output is not inside an input; the report folder,
+    replaced by each run, is the product's own (absent, or a recommend report) and does not
+    hold or sit inside an input, or the rows' output."""
+    output = options.output
     for flag, path in _inputs(options):
+        if not writers.looks_like_bigquery(output) and launcher.is_inside(output, path):
+            raise SystemExit(f"recommend: --output {output} is inside --{flag} {path}: the job "
+                             "writes partitions and staging there; choose a folder of its own")
         if launcher.paths_overlap(report_dir, path):
             raise SystemExit(f"recommend: --report_dir {report_dir} overlaps --{flag} {path}: "
                              "the report folder is replaced by every run; choose another")
-    output = options.output
     if not writers.looks_like_bigquery(output) and launcher.paths_overlap(report_dir, output) \
             and not launcher.is_inside(report_dir, FileSystems.join(output.rstrip("/"), "_reports")):
         raise SystemExit(f"recommend: --report_dir {report_dir} overlaps --output {output}: "

@@ -248,3 +248,11 @@ def test_the_other_clis_print_one_line_and_no_native_noise(module, args, message
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [message.format(tmp=tmp_path)], result.stderr
+
+
+def test_an_output_inside_an_input_is_refused_and_the_input_left_alone(toy_model,
+                                                                      synthetic_sample):
+    before = sorted(os.listdir(toy_model))
+    with pytest.raises(SystemExit, match=r"--output .* is inside --model_dir"):
+        recommend.run(job_args(toy_model, synthetic_sample.triplets_path, toy_model))
+    assert sorted(os.listdir(toy_model)) == before
