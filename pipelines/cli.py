@@ -36,6 +36,24 @@ _NATIVE_LOG_LINE = re.compile(
 _HARMLESS_ERRORS = re.compile(rb"cuInit|cuda_platform|Unable to register cu(?:FFT|DNN|BLAS)")
 
 
+# The same lines, found after other text: a progress bar redraws with "\r" and no newline, so a
+# worker's native line can start in the middle of the bar's line.
+_NATIVE_LOG_INSIDE = re.compile(_NATIVE_LOG_LINE.pattern[1:])
+
+
+def without_noise(line: bytes) -> bytes:
+    """``line`` with its native noise cut out (the whole line, or from where it starts after a
+    progress bar's text); b"" when nothing else is left."""
+    kept = []
+    for part in line.split(b"\r"):
+        found = _NATIVE_LOG_INSIDE.search(part)
+        if found and is_noise(part[found.start():]):
+            part = part[:found.start()]
+        kept.append(part)
+    text = b"\r".join(kept)
+    return text if text.strip(b"\r\n") else b""
+
+
 def debugging() -> bool:
     return DEBUG_FLAG in sys.argv
 
@@ -61,8 +79,9 @@ def quiet_native_logs() -> None:
     def pump() -> None:
         with os.fdopen(read_end, "rb") as lines:
             for line in lines:
-                if not is_noise(line):
-                    os.write(real_stderr, line)
+                kept = without_noise(line)
+                if kept:
+                    os.write(real_stderr, kept)
 
     thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
     thread.start()

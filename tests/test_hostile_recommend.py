@@ -130,6 +130,9 @@ def test_native_start_up_noise_is_recognised_and_everything_else_kept():
             b"E1130 07:22:31.123456  1234 tf_record_dataset_op.cc:1] DATA_LOSS: corrupted record\n",
             b"Traceback (most recent call last):\n"]
     assert all(cli.is_noise(line) for line in noise)
+    bar = b"\rMSD files:   0%|          | 0/2000 [00:00<?, ?song/s]"
+    assert cli.without_noise(bar + noise[1]) == bar  # a worker's line after a progress bar
+    assert cli.without_noise(noise[0]) == b"" and cli.without_noise(kept[0]) == kept[0]
     assert not any(cli.is_noise(line) for line in kept)
     assert cli.one_line(OSError(errno.EACCES, "Permission denied", "/x/y")) == "/x/y: Permission denied"
     assert cli.one_line(RuntimeError("long text\n  File x\nValueError: the cause")) == (
