@@ -6,6 +6,8 @@ remote file object issues many small reads, which is far slower on GCS.
 """
 import dataclasses
 import io
+import logging
+import math
 import os
 import re
 from typing import Iterator, Optional, Union
@@ -41,6 +43,15 @@ class Song:
     raw_features: np.ndarray  # float64 (90,)
     path: str
     row: int = 0  # its row in the file's songs tables (aggregate files hold several)
+    # The analysis fields of ``analysis/songs`` carried to the outputs. A value that makes no
+    # sense in the file (see ``song_fields``) is stored as that field's UNKNOWN value and
+    # named in ``replaced_fields``; the defaults are the unknown values.
+    loudness: float = 0.0  # dB
+    tempo: float = 0.0  # BPM; 0 = unknown (the MSD's own convention)
+    key: int = -1  # 0..11 (C..B); -1 = unknown (the Echo Nest's "no key detected")
+    mode: int = -1  # 0 minor, 1 major; -1 = unknown
+    time_signature: int = 0  # beats per bar: 1 (complex/changing) or 3..7; 0 = unknown
+    replaced_fields: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,10 +248,58 @@ def parse_msd_file(data: bytes, path: str, min_segments: int = DEFAULT_MIN_SEGME
         h5.close()
 
 
-# The fields of the songs tables the outputs use (only these are read).
+# The analysis fields carried to the outputs beside year and duration, and the UNKNOWN value
+# each is stored as when the file's value is missing or makes no sense. tempo 0 and
+# time_signature 0 are what the MSD itself holds when the analysis found none (the real
+# 5-segment file TRBDXOD128F422C47B has tempo 0); key and mode -1 are the Echo Nest's "none
+# detected" (the MSD itself writes key 0 / mode with confidence 0, kept as they are); loudness
+# has no such convention and gets 0.0, as the MSD's unknown year, tempo and time signature.
+SONG_FIELDS = ("loudness", "tempo", "key", "mode", "time_signature")
+UNKNOWN = {"loudness": 0.0, "tempo": 0.0, "key": -1, "mode": -1, "time_signature": 0}
+# What makes sense. Generous bounds for the floats: loudness is dB relative to full scale (the
+# real sample files hold -29.1..-1.8; MSD songs stay below a few dB above 0) and tempo BPM (the
+# sample: 0..202.4). key 0..11 (C..B), mode 0 minor / 1 major; time signature 3..7 (3/4..7/4),
+# 1 (complex or changing) or 0 (none found), as the Echo Nest documents it (the MSD holds 0, 1,
+# 3, 4, 5, 7).
+LOUDNESS_RANGE = (-100.0, 20.0)
+TEMPO_RANGE = (0.0, 500.0)
+TIME_SIGNATURES = (0, 1, 3, 4, 5, 6, 7)
+
+
+def _number(value) -> Optional[float]:
+    """A real numeric scalar as a float (None for text, arrays, booleans, complex numbers)."""
+    value = np.asarray(value)
+    if value.shape != () or value.dtype.kind not in "iuf":
+        return None
+    return float(value)
+
+
+def song_fields(stored: dict) -> tuple[dict, tuple[str, ...]]:
+    """The analysis fields as written to the outputs, from ``stored`` (the file's values by
+    name), and the names of the fields stored as UNKNOWN because the file's value is missing or
+    makes no sense: not a number, non-finite, not a whole number (key, mode, time_signature) or
+    outside the ranges above (key and mode -1 are the documented unknown, kept as they are)."""
+    numbers = {name: _number(stored[name]) if name in stored else None for name in SONG_FIELDS}
+    sane = {name: number is not None and math.isfinite(number)
+            for name, number in numbers.items()}
+    for name, (low, high) in (("loudness", LOUDNESS_RANGE), ("tempo", TEMPO_RANGE)):
+        sane[name] = sane[name] and low <= numbers[name] <= high
+    for name, allowed in (("key", range(-1, 12)), ("mode", (-1, 0, 1)),
+                          ("time_signature", TIME_SIGNATURES)):
+        sane[name] = sane[name] and numbers[name] in allowed
+    replaced = tuple(name for name in SONG_FIELDS if not sane[name])
+    values = {name: UNKNOWN[name] if name in replaced else type(UNKNOWN[name])(numbers[name])
+              for name in SONG_FIELDS}
+    return values, replaced
+
+
+# The fields of the songs tables the outputs use (only these are read; a file lacking one is
+# not an MSD file). The SONG_FIELDS of analysis/songs are read too when the table has them: a
+# song is not lost for a missing or nonsensical side field (it is stored as unknown).
 _TABLE_FIELDS = (("analysis/songs", ("track_id", "duration", "idx_segments_timbre")),
                  ("metadata/songs", ("song_id", "artist_name", "title", "release")),
                  ("musicbrainz/songs", ("year",)))
+_OPTIONAL_FIELDS = {"analysis/songs": SONG_FIELDS}
 
 
 def _parse_open_file(h5: h5py.File, path: str, min_segments: int, max_segments: int,
@@ -257,6 +316,9 @@ def _parse_open_file(h5: h5py.File, path: str, min_segments: int, max_segments: 
             datasets[name] = dataset.id if isinstance(dataset, h5py.Dataset) else None
     tables = {}
     for name, fields in _TABLE_FIELDS:
+        if datasets[name] is not None and name in _OPTIONAL_FIELDS:
+            declared = _table_type(datasets[name], ()).dtype.names or ()
+            fields += tuple(field for field in _OPTIONAL_FIELDS[name] if field in declared)
         table = _compound_table(datasets[name], name, fields)
         if isinstance(table, str):
             yield _file_rejection(path, "not_msd_file", table)
@@ -330,6 +392,15 @@ def _parse_open_file(h5: h5py.File, path: str, min_segments: int, max_segments: 
             yield Rejection(path, track_id, "zero_features",
                             "all 90 timbre statistics are zero: the song cannot be normalised")
             continue
+        stored = {name: analysis[name][row] for name in SONG_FIELDS
+                  if name in analysis.dtype.names}
+        fields, replaced = song_fields(stored)
+        if replaced:
+            logging.warning(
+                "%s: song %d (%s): analysis/songs holds %s; stored as unknown (%s)", path, row,
+                track_id, ", ".join(f"{name}={np.asarray(stored[name]).tolist()!r}"
+                                    if name in stored else f"no {name}" for name in replaced),
+                ", ".join(f"{name}={UNKNOWN[name]!r}" for name in replaced))
         yield Song(
             track_id=track_id,
             song_id=song_id,
@@ -342,4 +413,6 @@ def _parse_open_file(h5: h5py.File, path: str, min_segments: int, max_segments: 
             raw_features=statistics,
             path=path,
             row=row,
+            replaced_fields=replaced,
+            **fields,
         )

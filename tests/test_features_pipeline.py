@@ -334,3 +334,125 @@ def test_zscore_over_one_song_is_refused_not_published_as_a_zero_vector(real_msd
                       "--normalization", "zscore_l2"])
     assert not (tmp_path / "out" / "run_summary.json").exists()
     assert not (tmp_path / "out" / "features").exists()
+
+
+# --- song fields beside year and duration (issue 12) ----------------------------------------
+
+NEW_SONG_FIELDS = hdf5_reader.SONG_FIELDS  # loudness, tempo, key, mode, time_signature
+EDITED_TRACK = "TRZZZZZ12903D05F94"
+
+
+def write_old_format_copy(new_dir, old_dir):
+    """``new_dir`` as a feature run made before the song fields were added wrote it: TFRecord
+    examples and the songs table without them; CSV and the run summary as they are."""
+    import shutil
+
+    import pyarrow.parquet as pq_
+
+    (old_dir / "features").mkdir(parents=True)
+    (old_dir / "songs").mkdir()
+    shutil.copytree(new_dir / "csv", old_dir / "csv")
+    shutil.copy(new_dir / "run_summary.json", old_dir / "run_summary.json")
+    for path in sorted((new_dir / "features").glob("part-*.tfrecord.gz")):
+        with tf.io.TFRecordWriter(str(old_dir / "features" / path.name), "GZIP") as writer:
+            for record in tf.data.TFRecordDataset(str(path), compression_type="GZIP"):
+                example = tf.train.Example.FromString(record.numpy())
+                for name in NEW_SONG_FIELDS:
+                    del example.features.feature[name]
+                writer.write(example.SerializeToString())
+    for path in sorted((new_dir / "songs").glob("part-*.parquet")):
+        table = pq_.read_table(path)
+        pq_.write_table(table.drop_columns(list(NEW_SONG_FIELDS)), old_dir / "songs" / path.name)
+
+
+def test_song_fields_reach_every_output_and_old_folders_still_read(real_msd_dir, tmp_path):
+    import h5py
+
+    from pipelines import evaluate
+    from recommend import catalogue as catalogue_lib
+    from recommend.models import hybrid
+    from transforms import write_features
+
+    # A copy of Rick Astley's file under another track and song id whose analysis fields make
+    # no sense: its song is written (its timbre is fine) with the fields stored as unknown.
+    edited = tmp_path / "edited" / f"{EDITED_TRACK}.h5"
+    edited.parent.mkdir()
+    edited.write_bytes((real_msd_dir / RICK_ASTLEY).read_bytes())
+    with h5py.File(edited, "r+") as h5:
+        analysis = h5["analysis/songs"][()]
+        analysis["track_id"] = EDITED_TRACK.encode()
+        analysis["loudness"], analysis["tempo"] = np.nan, -120.0
+        analysis["key"], analysis["mode"], analysis["time_signature"] = 12, 2, -1
+        h5["analysis/songs"][...] = analysis
+        metadata = h5["metadata/songs"][()]
+        metadata["song_id"] = b"SOZZZZZ12A58A776AF"
+        h5["metadata/songs"][...] = metadata
+    output_dir = tmp_path / "out"
+    summary = features.run(["--input", str(real_msd_dir), "--input", str(edited.parent),
+                            "--output_dir", str(output_dir)])
+    assert (summary["songs_seen"], summary["songs_written"], summary["songs_rejected"]) == (9, 8, 1)
+    examples, header, csv_rows, songs, _, _ = read_outputs(output_dir)
+
+    expected = {}  # track id → the analysis row read directly with h5py
+    for path in sorted(real_msd_dir.rglob("*.h5")):
+        if path.stem in REAL_TRACK_IDS:
+            with h5py.File(path) as h5:
+                row = h5["analysis/songs"][0]
+            expected[path.stem] = {name: row[name].item() for name in NEW_SONG_FIELDS}
+    expected[EDITED_TRACK] = dict(hdf5_reader.UNKNOWN)
+    assert expected[EDITED_TRACK] == {"loudness": 0.0, "tempo": 0.0, "key": -1, "mode": -1,
+                                      "time_signature": 0}
+
+    def as_written(values):  # floats pass through the job as float32
+        return {name: float(np.float32(value)) if isinstance(value, float) else value
+                for name, value in values.items()}
+
+    by_track = {feature(e, "track_id"): e for e in examples}
+    assert sorted(by_track) == sorted(expected)
+    for track_id, values in expected.items():
+        example = by_track[track_id]
+        assert {name: feature(example, name)[0] for name in NEW_SONG_FIELDS} == \
+            as_written(values), track_id
+        kinds = {name: example.features.feature[name].WhichOneof("kind")
+                 for name in NEW_SONG_FIELDS}
+        assert kinds == {"loudness": "float_list", "tempo": "float_list", "key": "int64_list",
+                         "mode": "int64_list", "time_signature": "int64_list"}
+    songs_by_track = {song["track_id"]: song for song in songs}
+    for track_id, values in expected.items():
+        assert {name: songs_by_track[track_id][name] for name in NEW_SONG_FIELDS} == \
+            as_written(values), track_id
+    assert pq.read_schema(next((output_dir / "songs").glob("part-*.parquet"))).equals(
+        write_features.SONGS_TABLE_SCHEMA)
+    # The CSV keeps its columns: the catalogue reads every column after song_id as the vector.
+    assert header == write_features.CSV_HEADER.split(",") and len(header) == 92
+    assert sorted(row[0] for row in csv_rows) == sorted(expected)
+
+    # The hybrid model reads them (hybrid.SONG_FIELDS, when present).
+    order = sorted(expected)
+    content = hybrid.load_song_content(str(output_dir), order)
+    assert set(content) == {"raw_features"} | {name for name, _ in hybrid.SONG_FIELDS}
+    for name in NEW_SONG_FIELDS:
+        np.testing.assert_array_equal(content[name],
+                                      [as_written(expected[t])[name] for t in order])
+    assert np.isfinite(hybrid.content_inputs(content)[0]).all()
+
+    # A folder written before the change (no song fields) reads as before everywhere.
+    old_dir = tmp_path / "old"
+    write_old_format_copy(output_dir, old_dir)
+    new_catalogue = catalogue_lib.load_catalogue(str(output_dir))
+    for source in (str(old_dir), str(old_dir / "csv" / "part-*.csv")):
+        old_catalogue = catalogue_lib.load_catalogue(source)
+        np.testing.assert_array_equal(old_catalogue.track_ids, new_catalogue.track_ids)
+        np.testing.assert_array_equal(old_catalogue.features, new_catalogue.features)
+    old_content = hybrid.load_song_content(str(old_dir), order)
+    assert set(old_content) == {"raw_features", "year", "duration"}
+    np.testing.assert_array_equal(old_content["raw_features"], content["raw_features"])
+    _, names = hybrid.content_inputs(old_content)
+    assert not any(name.startswith(("loudness", "tempo", "key", "mode", "time_signature"))
+                   for name in names)
+    assert sorted(evaluate._song_ids_from_parquet(str(old_dir))) == sorted(
+        evaluate._song_ids_from_parquet(str(output_dir)))
+    old_songs = pq.read_table(old_dir / "songs").to_pylist()
+    assert sorted(old_songs, key=lambda s: s["track_id"]) == [
+        {k: v for k, v in s.items() if k not in NEW_SONG_FIELDS}
+        for s in sorted(songs, key=lambda s: s["track_id"])]

@@ -214,3 +214,140 @@ def test_data_outside_the_file_is_not_followed(real_msd_dir, tmp_path):
     (record,) = hdf5_reader.parse_msd_file(buffer.getvalue(), "t.h5")
     assert (record.reason, record.level) == ("external_data", "file")
     assert "ExternalLink" in record.detail
+
+
+# --------------------------------------------------------------------------------------------
+# The analysis fields carried beside year and duration (loudness, tempo, key, mode,
+# time_signature)
+# --------------------------------------------------------------------------------------------
+
+def analysis_row(path) -> dict:
+    with h5py.File(path, "r") as h5:
+        row = h5["analysis/songs"][0]
+    return {name: row[name].item() for name in hdf5_reader.SONG_FIELDS}
+
+
+def song_field_values(song: hdf5_reader.Song) -> dict:
+    return {name: getattr(song, name) for name in hdf5_reader.SONG_FIELDS}
+
+
+def test_song_fields_of_real_files_are_their_analysis_row(real_msd_dir):
+    seen = {name: set() for name in hdf5_reader.SONG_FIELDS}
+    for path in sorted(real_msd_dir.rglob("*.h5")):
+        (song,) = parse_path(path, min_segments=2)  # the 5-segment file too
+        expected = analysis_row(path)
+        assert song_field_values(song) == expected, path.name
+        assert song.replaced_fields == ()
+        assert [type(getattr(song, name)) for name in hdf5_reader.SONG_FIELDS] == [
+            float, float, int, int, int]
+        for name, value in expected.items():
+            seen[name].add(value)
+    # What the real sample holds (so the test meets the real range, not a guess).
+    assert song_field_values(parse_path(real_msd_dir / RICK_ASTLEY)[0]) == {
+        "loudness": -7.75, "tempo": 113.359, "key": 1, "mode": 1, "time_signature": 4}
+    assert 0.0 in seen["tempo"]  # TRBDXOD128F422C47B: the MSD's tempo 0 (none found), kept
+    assert seen["mode"] == {0, 1} and seen["time_signature"] == {3, 4, 7}
+    assert seen["key"] == {0, 1, 6, 7, 9, 10, 11}
+
+
+def test_aggregate_files_give_each_song_its_own_row(real_msd_dir):
+    paths = sorted(real_msd_dir.rglob("*.h5"))
+    records = list(hdf5_reader.parse_msd_file(write_aggregate(paths), "agg.h5", min_segments=2))
+    assert [song_field_values(r) for r in records] == [analysis_row(p) for p in paths]
+
+
+def edited_analysis(real_msd_dir, **values) -> bytes:
+    """Rick Astley's file with some analysis/songs fields set to ``values``."""
+    buffer = io.BytesIO(real_bytes(real_msd_dir))
+    with h5py.File(buffer, "r+") as h5:
+        table = h5["analysis/songs"][()]
+        for name, value in values.items():
+            table[name] = value
+        h5["analysis/songs"][...] = table
+    return buffer.getvalue()
+
+
+UNKNOWN = hdf5_reader.UNKNOWN
+RICK_FIELDS = {"loudness": -7.75, "tempo": 113.359, "key": 1, "mode": 1, "time_signature": 4}
+
+
+@pytest.mark.parametrize("values, replaced", [
+    ({"loudness": np.nan}, ("loudness",)),
+    ({"loudness": -np.inf, "tempo": np.inf}, ("loudness", "tempo")),
+    ({"loudness": 1e300}, ("loudness",)),
+    ({"tempo": np.nan}, ("tempo",)),
+    ({"tempo": -120.0}, ("tempo",)),
+    ({"tempo": 1e6}, ("tempo",)),
+    ({"key": 12}, ("key",)),
+    ({"key": -2}, ("key",)),
+    ({"mode": 2}, ("mode",)),
+    ({"mode": -7}, ("mode",)),
+    ({"time_signature": -1}, ("time_signature",)),
+    ({"time_signature": 2}, ("time_signature",)),
+    ({"time_signature": 99}, ("time_signature",)),
+    ({"loudness": np.nan, "tempo": -1.0, "key": 40, "mode": 3, "time_signature": -4},
+     hdf5_reader.SONG_FIELDS),
+])
+def test_nonsense_song_fields_are_stored_as_unknown_and_the_song_kept(real_msd_dir, values,
+                                                                      replaced):
+    (song,) = hdf5_reader.parse_msd_file(edited_analysis(real_msd_dir, **values), "t.h5")
+    assert isinstance(song, hdf5_reader.Song) and song.track_id == "TRAXLZU12903D05F94"
+    assert song.replaced_fields == replaced
+    assert song_field_values(song) == {name: UNKNOWN[name] if name in replaced else value
+                                       for name, value in RICK_FIELDS.items()}
+    (clean,) = parse_path(real_msd_dir / RICK_ASTLEY)
+    np.testing.assert_array_equal(song.raw_features, clean.raw_features)
+
+
+@pytest.mark.parametrize("values", [
+    {"key": -1, "mode": -1},  # the Echo Nest's "none detected": already the unknown value
+    {"tempo": 0.0, "time_signature": 0},  # the MSD's own "none found"
+    {"loudness": -60.0, "tempo": 262.8, "time_signature": 1},
+    {"loudness": 4.3, "time_signature": 7, "key": 11, "mode": 0},
+])
+def test_unusual_but_real_song_fields_are_kept_as_they_are(real_msd_dir, values):
+    (song,) = hdf5_reader.parse_msd_file(edited_analysis(real_msd_dir, **values), "t.h5")
+    assert song.replaced_fields == ()
+    assert song_field_values(song) == {**RICK_FIELDS, **values}
+
+
+def rewritten_analysis(real_msd_dir, fields) -> bytes:
+    """Rick Astley's file whose analysis/songs table has the fields ``fields`` (name → (dtype,
+    value)) in place of its own of those names, or without them (value None)."""
+    buffer = io.BytesIO(real_bytes(real_msd_dir))
+    with h5py.File(buffer, "r+") as h5:
+        old = h5["analysis/songs"][()]
+        kept = [(name, old.dtype[name]) for name in old.dtype.names if name not in fields]
+        added = [(name, dtype) for name, (dtype, value) in fields.items() if value is not None]
+        table = np.zeros(1, dtype=kept + added)
+        for name, _ in kept:
+            table[name] = old[name]
+        for name, (_, value) in fields.items():
+            if value is not None:
+                table[name] = value
+        del h5["analysis/songs"]
+        h5["analysis/songs"] = table
+    return buffer.getvalue()
+
+
+def test_a_table_without_the_song_fields_gives_unknowns_not_a_rejection(real_msd_dir):
+    data = rewritten_analysis(real_msd_dir, {name: (None, None)
+                                             for name in hdf5_reader.SONG_FIELDS})
+    (song,) = hdf5_reader.parse_msd_file(data, "t.h5")
+    assert isinstance(song, hdf5_reader.Song)
+    assert song.replaced_fields == hdf5_reader.SONG_FIELDS
+    assert song_field_values(song) == UNKNOWN
+    data = rewritten_analysis(real_msd_dir, {"tempo": (None, None)})
+    (song,) = hdf5_reader.parse_msd_file(data, "t.h5")
+    assert song.replaced_fields == ("tempo",)
+    assert song_field_values(song) == {**RICK_FIELDS, "tempo": 0.0}
+
+
+def test_song_fields_of_other_types_are_read_or_stored_as_unknown(real_msd_dir):
+    data = rewritten_analysis(real_msd_dir, {
+        "loudness": ("<f4", -7.75), "tempo": ("S8", b"fast"), "key": ("<f8", 3.0),
+        "mode": ("<f8", 0.5), "time_signature": ("<i8", 4)})
+    (song,) = hdf5_reader.parse_msd_file(data, "t.h5")
+    assert song.replaced_fields == ("tempo", "mode")
+    assert song_field_values(song) == {"loudness": -7.75, "tempo": 0.0, "key": 3, "mode": -1,
+                                       "time_signature": 4}

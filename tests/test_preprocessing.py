@@ -5,15 +5,21 @@ import tensorflow_transform.beam as tft_beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 import apache_beam as beam
+import tensorflow as tf
+from apache_beam.metrics.metric import MetricsFilter
 
 from msd import hdf5_reader
 from transforms import preprocessing
+from transforms.read_msd import METRICS_NAMESPACE
 
 
-def song(track_id: str, raw: list[float]) -> hdf5_reader.Song:
+def song(track_id: str, raw: list[float], **fields) -> hdf5_reader.Song:
+    fields = {"loudness": -7.75, "tempo": 113.359, "key": 1, "mode": 1, "time_signature": 4,
+              **fields}
     return hdf5_reader.Song(track_id=track_id, song_id="SO" + track_id[2:], artist_name="Ärtist",
                             title="T", release="R", year=1999, duration=200.5, num_segments=100,
-                            raw_features=np.array(raw + [0.0] * (90 - len(raw))), path="p.h5")
+                            raw_features=np.array(raw + [0.0] * (90 - len(raw))), path="p.h5",
+                            **fields)
 
 
 def transform(songs, normalization, tmp_path, check):
@@ -34,7 +40,13 @@ def test_l2_rows_are_scaled_to_unit_length(tmp_path):
         np.testing.assert_allclose(by_id[b"TRA"]["raw_features"][:3], [3.0, 4.0, 0.0])
         assert by_id[b"TRA"]["artist_name"] == "Ärtist".encode() and by_id[b"TRA"]["year"] == 1999
         assert by_id[b"TRB"]["song_id"] == b"SOB" and by_id[b"TRB"]["duration"] == 200.5
-    transform([song("TRA", [3.0, 4.0]), song("TRB", [0.0, 0.0, 250.0])], "l2", tmp_path, check)
+        assert (by_id[b"TRA"]["loudness"], by_id[b"TRA"]["tempo"], by_id[b"TRA"]["key"],
+                by_id[b"TRA"]["mode"], by_id[b"TRA"]["time_signature"]) == (
+            np.float32(-7.75), np.float32(113.359), 1, 1, 4)
+        assert (by_id[b"TRB"]["loudness"], by_id[b"TRB"]["tempo"], by_id[b"TRB"]["key"],
+                by_id[b"TRB"]["mode"], by_id[b"TRB"]["time_signature"]) == (0.0, 0.0, -1, -1, 0)
+    transform([song("TRA", [3.0, 4.0]),
+               song("TRB", [0.0, 0.0, 250.0], **hdf5_reader.UNKNOWN)], "l2", tmp_path, check)
 
 
 def test_zscore_l2_standardises_each_dimension_before_scaling(tmp_path):
@@ -73,6 +85,36 @@ def test_record_batch_round_trips_every_column():
     assert batch.column("track_id").to_pylist() == [[b"TRA"], [b"TRB"]]
     assert batch.column("raw_features").to_pylist()[1][:2] == [7.0, 0.0]
     assert len(batch.column("raw_features").to_pylist()[0]) == 90
+
+
+def test_record_batch_carries_the_song_fields_with_the_example_types():
+    batch = preprocessing.songs_to_record_batch([
+        song("TRA", [1.0]),
+        song("TRB", [2.0], loudness=-29.106, tempo=0.0, key=0, mode=0, time_signature=7)])
+    assert batch.column("loudness").to_pylist() == [[np.float32(-7.75)], [np.float32(-29.106)]]
+    assert batch.column("tempo").to_pylist() == [[np.float32(113.359)], [0.0]]
+    assert batch.column("key").to_pylist() == [[1], [0]]
+    assert batch.column("mode").to_pylist() == [[1], [0]]
+    assert batch.column("time_signature").to_pylist() == [[4], [7]]
+    # The types recommend/models/hybrid.py parses them with.
+    from recommend.models import hybrid
+    kinds = {"int": tf.int64, "float": tf.float32}
+    for name, kind in hybrid.SONG_FIELDS:
+        assert preprocessing.RAW_FEATURE_SPEC[name].dtype == kinds[kind], name
+
+
+def test_songs_with_replaced_fields_are_counted_once_each():
+    songs = [song("TRA", [1.0]),
+             song("TRB", [1.0], tempo=0.0, replaced_fields=("tempo",)),
+             song("TRC", [1.0], key=-1, tempo=0.0, replaced_fields=("tempo", "key"))]
+    pipeline = TestPipeline()
+    _ = (pipeline | beam.Create([songs[:2], songs[2:]])
+         | beam.Map(preprocessing.songs_to_record_batch))
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = {c.key.metric.name: c.committed for c in result.metrics().query(
+        MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]}
+    assert counters == {"song_field_replaced_tempo": 2, "song_field_replaced_key": 1}
 
 
 def test_l2_features_do_not_depend_on_how_songs_are_batched(tmp_path):

@@ -9,6 +9,7 @@ Songs reach TFT as Arrow RecordBatches (the TFXIO path): ``songs_to_record_batch
 """
 from typing import Callable, Sequence
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import tensorflow as tf
@@ -19,23 +20,34 @@ from tfx_bsl.tfxio import tensor_representation_util
 
 from msd import hdf5_reader
 from msd.timbre import NUM_FEATURES
+from transforms.read_msd import METRICS_NAMESPACE
 
 STRING_COLUMNS = ("track_id", "song_id", "artist_name", "title", "release")
-METADATA_COLUMNS = STRING_COLUMNS + ("year", "duration")
+# Song fields beside the ids, with their tf.train.Example type (recommend/models/hybrid.py's
+# SONG_FIELDS): year and duration, then the analysis fields of hdf5_reader.SONG_FIELDS.
+INT_COLUMNS = ("year", "key", "mode", "time_signature")
+FLOAT_COLUMNS = ("duration", "loudness", "tempo")
+SONG_FIELD_COLUMNS = ("year", "duration") + hdf5_reader.SONG_FIELDS
+METADATA_COLUMNS = STRING_COLUMNS + SONG_FIELD_COLUMNS
+
+
+def _column_type(name: str) -> tuple[tf.dtypes.DType, pa.DataType]:
+    if name in INT_COLUMNS:
+        return tf.int64, pa.int64()
+    if name in FLOAT_COLUMNS:
+        return tf.float32, pa.float32()
+    return tf.string, pa.large_binary()
+
 
 RAW_FEATURE_SPEC = {
-    **{name: tf.io.FixedLenFeature([], tf.string) for name in STRING_COLUMNS},
-    "year": tf.io.FixedLenFeature([], tf.int64),
-    "duration": tf.io.FixedLenFeature([], tf.float32),
+    **{name: tf.io.FixedLenFeature([], _column_type(name)[0]) for name in METADATA_COLUMNS},
     "raw_features": tf.io.FixedLenFeature([NUM_FEATURES], tf.float32),
 }
 RAW_SCHEMA = schema_utils.schema_from_feature_spec(RAW_FEATURE_SPEC)
 
 ARROW_SCHEMA = pa.schema(
-    [pa.field(name, pa.large_list(pa.large_binary())) for name in STRING_COLUMNS]
-    + [pa.field("year", pa.large_list(pa.int64())),
-       pa.field("duration", pa.large_list(pa.float32())),
-       pa.field("raw_features", pa.large_list(pa.float32()))])
+    [pa.field(name, pa.large_list(_column_type(name)[1])) for name in METADATA_COLUMNS]
+    + [pa.field("raw_features", pa.large_list(pa.float32()))])
 
 
 def tensor_adapter_config() -> tfxio.TensorAdapterConfig:
@@ -50,14 +62,23 @@ def _fixed_list(values: np.ndarray, width: int, value_type: pa.DataType) -> pa.L
 
 
 def songs_to_record_batch(songs: Sequence[hdf5_reader.Song]) -> pa.RecordBatch:
-    """Packs songs into one RecordBatch in ``ARROW_SCHEMA`` (one list value per scalar)."""
+    """Packs songs into one RecordBatch in ``ARROW_SCHEMA`` (one list value per scalar).
+
+    In a pipeline, counts the songs (each once: they come de-duplicated) whose file held a
+    missing or nonsensical analysis field, stored as unknown: Beam counters
+    ``song_field_replaced_<field>`` (hdf5_reader logs each with its file value)."""
+    for song in songs:
+        for name in song.replaced_fields:
+            beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"song_field_replaced_{name}").inc()
     columns = []
-    for name in STRING_COLUMNS:
-        encoded = [getattr(song, name).encode("utf-8") for song in songs]
-        columns.append(_fixed_list(np.array(encoded, dtype=object), 1, pa.large_binary()))
-    columns.append(_fixed_list(np.array([song.year for song in songs], np.int64), 1, pa.int64()))
-    columns.append(_fixed_list(np.array([song.duration for song in songs], np.float32), 1,
-                               pa.float32()))
+    for name in METADATA_COLUMNS:
+        values = [getattr(song, name) for song in songs]
+        value_type = _column_type(name)[1]
+        if value_type == pa.large_binary():
+            values = np.array([value.encode("utf-8") for value in values], dtype=object)
+        else:
+            values = np.array(values, value_type.to_pandas_dtype())
+        columns.append(_fixed_list(values, 1, value_type))
     raw = np.stack([song.raw_features for song in songs]).astype(np.float32).ravel()
     columns.append(_fixed_list(raw, NUM_FEATURES, pa.float32()))
     return pa.RecordBatch.from_arrays(columns, schema=ARROW_SCHEMA)

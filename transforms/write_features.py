@@ -12,11 +12,16 @@ from tfx_bsl.coders import example_coder
 from msd.timbre import NUM_FEATURES
 from transforms.read_msd import METRICS_NAMESPACE
 
+# The CSV holds the ids and the normalised vector only, as its readers expect: the catalogue
+# (recommend/catalogue.py) takes every column after song_id as a vector dimension. The song
+# fields are in the TFRecord examples and the songs table.
 CSV_HEADER = ",".join(["track_id", "song_id"] + [f"f{i:02d}" for i in range(NUM_FEATURES)])
+# New columns go at the end: readers select columns by name, and an older folder lacks them.
 SONGS_TABLE_SCHEMA = pa.schema([
     ("track_id", pa.string()), ("song_id", pa.string()), ("artist_name", pa.string()),
     ("title", pa.string()), ("release", pa.string()), ("year", pa.int64()),
-    ("duration", pa.float64()),
+    ("duration", pa.float64()), ("loudness", pa.float64()), ("tempo", pa.float64()),
+    ("key", pa.int64()), ("mode", pa.int64()), ("time_signature", pa.int64()),
 ])
 
 
