@@ -143,14 +143,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("5/5 evaluation: half of each user's songs hidden (seed 1); itemcf trained on the "
           "visible half")
     split = out / "evaluation" / "split"
-    evaluate_job.main(["--listens", str(listens), "--holdout_fraction", "0.5", "--seed", "1",
-                       "--write_split", str(split)])
+    if evaluate_job.main(["--listens", str(listens), "--holdout_fraction", "0.5", "--seed", "1",
+                          "--write_split", str(split)]):
+        return 1  # the evaluation printed why
     train_job.run(["--listens", str(split / "visible.txt"), "--output_dir",
                    str(out / "evaluation" / "itemcf_visible"), "--overwrite"])
-    evaluate_job.main(["--listens", str(listens), "--holdout_fraction", "0.5", "--seed", "1",
-                       "--features", str(out / "features"), "--blend", "none",
-                       "--model_dir", str(out / "evaluation" / "itemcf_visible"),
-                       "--k", str(args.k), "--output_dir", str(out / "evaluation")])
+    if evaluate_job.main(["--listens", str(listens), "--holdout_fraction", "0.5", "--seed", "1",
+                          "--features", str(out / "features"), "--blend", "none",
+                          "--model_dir", str(out / "evaluation" / "itemcf_visible"),
+                          "--k", str(args.k), "--output_dir", str(out / "evaluation")]):
+        return 1
 
     show_side_by_side(str(out / "recommendations"), str(out / "features" / "songs"), listens,
                       sample / synthetic.STYLES_FILENAME, args.run_date, args.show_users)
@@ -163,4 +165,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_main("demo", main)

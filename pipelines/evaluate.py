@@ -47,19 +47,24 @@ if __name__ == "__main__":  # before anything imports TensorFlow
     cli.quiet_native_logs()
 
 import argparse
+import bz2
 import collections
+import contextlib
 import dataclasses
 import datetime
 import html
 import io
 import itertools
 import json
+import lzma
 import math
 import os
 import pathlib
 import random
+import stat
 import sys
 import time
+import zlib
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -68,6 +73,7 @@ from recommend import metrics
 
 DEFAULT_BLEND = "0.1,0.3,0.5,0.7,0.9"
 DEFAULT_BLEND_CANDIDATES = 2000
+MAX_CUTOFF = 1_000_000  # --k, --precision_k: more songs than the whole Million Song Dataset
 HISTORY_BUCKETS = ((0, 0), (1, 4), (5, 9), (10, 19), (20, 49), (50, 99), (100, None))
 METRICS_FILE = "metrics.json"
 COLD_SONGS_FILE = "cold_songs.txt"  # --write_split with --cold_songs: the cold song ids
@@ -125,17 +131,55 @@ def dedupe_keep_first(codes: np.ndarray) -> np.ndarray:
 Listens = dict[str, dict[int, int]]  # user id → {song code: play count}
 
 
+# What reading a damaged file raises (a truncated or corrupt .gz/.bz2/.xz, an I/O error).
+_READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
+_LOCAL_OPENERS = {".gz": __import__("gzip").open, ".bz2": bz2.open}
+
+
 def _file_lines(path: str) -> Iterator[bytes]:
-    """The lines of a local or gs:// file (compression from the name), as bytes."""
+    """The lines of a local or gs:// file (compression from the name), as bytes. A local .gz or
+    .bz2 file is read with Python's own modules, which fail on a truncated file (Beam's reader
+    stops at the cut without a word: half a file read as if whole)."""
+    opener = None if "://" in path else _LOCAL_OPENERS.get(os.path.splitext(path)[1].lower())
+    if opener:
+        with opener(path, "rb") as stream:
+            yield from iter(stream.readline, b"")
+        return
     from apache_beam.io.filesystems import FileSystems
 
     with FileSystems.open(path) as stream:
         yield from iter(stream.readline, b"")
 
 
+def _read_lines(path: str, flag: str) -> Iterator[bytes]:
+    """``_file_lines``, a damaged file (truncated, corrupt compression, an I/O error) ending in
+    an ``EvaluationError`` naming it."""
+    try:
+        yield from _file_lines(path)
+    except _READ_ERRORS as error:
+        raise EvaluationError(f"{flag} {path}: cannot be read: {_cause(error)}") from error
+
+
+def _cause(error: BaseException) -> str:
+    return (error.strerror if isinstance(error, OSError) and error.strerror
+            else str(error) or type(error).__name__)
+
+
 def _check_exists(path: str, flag: str) -> None:
-    if "://" not in path and not pathlib.Path(path).is_file():
-        raise EvaluationError(f"{flag} {path}: no such file")
+    """A local input must be a file (or a pipe: read once, as a stream); a folder, a device
+    (``/dev/zero`` has no end) or a missing path is refused with what it is."""
+    if "://" in path:
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise EvaluationError(f"{flag} {path}: no such file") from None
+    except OSError as error:
+        raise EvaluationError(f"{flag} {path}: {_cause(error)}") from None
+    if stat.S_ISDIR(mode):
+        raise EvaluationError(f"{flag} {path}: is a folder, not a file")
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        raise EvaluationError(f"{flag} {path}: is a device or socket, not a file")
 
 
 def read_listens_file(path: str, songs: SongCodes, flag: str = "--listens"
@@ -148,7 +192,7 @@ def read_listens_file(path: str, songs: SongCodes, flag: str = "--listens"
     _check_exists(path, flag)
     users: Listens = {}
     stats: collections.Counter = collections.Counter()
-    for record in listening.parse_listen_lines(_file_lines(path), source=path):
+    for record in listening.parse_listen_lines(_read_lines(path, flag), source=path):
         if isinstance(record, listening.Rejection):
             stats[f"rejected_{record.reason}"] += 1
             continue
@@ -255,6 +299,27 @@ def cold_start_metrics(lists: Sequence[np.ndarray], truth: "Truth", cold: np.nda
     return {"cold": subset_scores(lists, truth, cold, map_cutoff, precision_cutoff),
             "warm": subset_scores(lists, truth, ~cold, map_cutoff, precision_cutoff),
             "cold_share": cold_slots / total if total else 0.0}
+
+
+@contextlib.contextmanager
+def staged_files(flag: str, *paths: pathlib.Path) -> Iterator[list[pathlib.Path]]:
+    """Yields a partial file beside each of ``paths`` (``.<name>.partial``) to write; once all
+    are written they replace ``paths``. A failure (a full disk, a read-only folder) leaves the
+    previous files as they were, removes the partial ones, and is one line naming the folder."""
+    partials = [path.with_name(f".{path.name}.partial") for path in paths]
+    try:
+        yield partials
+        for partial, path in zip(partials, paths):
+            os.replace(partial, path)
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        raise EvaluationError(f"{flag} {paths[0].parent}: cannot write "
+                              f"{' and '.join(path.name for path in paths)} ({where}"
+                              f"{_cause(error)})") from error
+    finally:
+        for partial in partials:
+            with contextlib.suppress(OSError):
+                partial.unlink()
 
 
 def write_triplets(listens: Listens, songs: SongCodes, path: pathlib.Path) -> None:
@@ -591,7 +656,7 @@ def read_kaggle_submission(path: str, kaggle_users: str, kaggle_songs: str, song
         song_of_index[index] = songs.code(song_id)
     result = RecommendationSet(path, {}, None, {}, {})
     line_number = 0
-    for line_number, raw in enumerate(_file_lines(path), 1):
+    for line_number, raw in enumerate(_read_lines(path, "--submission"), 1):
         text = raw.decode("utf-8", errors="replace").strip()
         if line_number > len(users.data):
             if text:
@@ -925,13 +990,15 @@ def run_evaluation(args: argparse.Namespace, log=print) -> Optional[dict[str, An
         if args.write_split:
             split_dir = pathlib.Path(args.write_split)
             split_dir.mkdir(parents=True, exist_ok=True)
-            write_triplets(visible, songs, split_dir / "visible.txt")
-            write_triplets(hidden, songs, split_dir / "hidden.txt")
-            if args.cold_songs:
-                (split_dir / COLD_SONGS_FILE).write_text(
-                    "".join(f"{songs.ids[code]}\n" for code in sorted(
-                        cold_codes.tolist(), key=lambda code: songs.ids[code])),
-                    encoding="ascii")
+            names = ["visible.txt", "hidden.txt"] + ([COLD_SONGS_FILE] if args.cold_songs else [])
+            with staged_files("--write_split", *(split_dir / name for name in names)) as staged:
+                write_triplets(visible, songs, staged[0])
+                write_triplets(hidden, songs, staged[1])
+                if args.cold_songs:
+                    staged[2].write_text(
+                        "".join(f"{songs.ids[code]}\n" for code in sorted(
+                            cold_codes.tolist(), key=lambda code: songs.ids[code])),
+                        encoding="ascii")
             inputs["split_written_to"] = str(split_dir)
             log(f"evaluate: wrote {split_dir / 'visible.txt'} and {split_dir / 'hidden.txt'}")
             if not (args.recommendations or args.submission or args.features
@@ -1560,7 +1627,7 @@ fallback instead of the model. Best values in bold.</p>
 
 
 def write_outputs(report: dict, output_dir: str) -> tuple[pathlib.Path, pathlib.Path]:
-    """metrics.json and report.html in ``output_dir`` (created if needed)."""
+    """metrics.json and report.html in ``output_dir`` (created if needed), both or neither."""
     try:
         import matplotlib
     except ImportError as error:
@@ -1573,11 +1640,12 @@ def write_outputs(report: dict, output_dir: str) -> tuple[pathlib.Path, pathlib.
 
     out = pathlib.Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    json_path = out / METRICS_FILE
-    json_path.write_text(json.dumps(json_ready(report), indent=2, ensure_ascii=False) + "\n",
-                         encoding="utf-8")
-    html_path = out / REPORT_FILE
-    html_path.write_text(render_html(report), encoding="utf-8")
+    json_path, html_path = out / METRICS_FILE, out / REPORT_FILE
+    page = render_html(report)
+    with staged_files("--output_dir", json_path, html_path) as (json_partial, html_partial):
+        json_partial.write_text(json.dumps(json_ready(report), indent=2, ensure_ascii=False)
+                                + "\n", encoding="utf-8")
+        html_partial.write_text(page, encoding="utf-8")
     return json_path, html_path
 
 
@@ -1679,7 +1747,67 @@ def validate_args(args: argparse.Namespace) -> None:
                                   "split are written with local file I/O; copy them afterwards)")
     if args.k < 1 or args.precision_k < 1 or args.blend_candidates < 1:
         raise EvaluationError("--k, --precision_k and --blend_candidates must be at least 1")
+    if max(args.k, args.precision_k) > MAX_CUTOFF:
+        raise EvaluationError(f"--k and --precision_k must be at most {MAX_CUTOFF:,} (the "
+                              "whole Million Song Dataset)")
+    if args.holdout_fraction is not None and not 0.0 < args.holdout_fraction < 1.0:
+        raise EvaluationError(f"--holdout_fraction {args.holdout_fraction} must be between 0 "
+                              "and 1")
+    if args.seed < 0:
+        raise EvaluationError(f"--seed {args.seed} must be 0 or more")
     parse_alphas(args.blend)
+    check_paths(args)
+
+
+_INPUT_FILES = ("listens", "visible", "hidden", "submission", "kaggle_users", "kaggle_songs")
+_INPUT_FOLDERS = ("features", "songs", "model_dir")
+
+
+def _check_folder_to_write(flag: str, path: str) -> pathlib.Path:
+    """``path`` is a folder, or can be made: its nearest existing ancestor is a writable
+    folder. Returns that ancestor (or ``path``)."""
+    folder = pathlib.Path(path)
+    existing = folder
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is" if existing == folder else f"cannot be made: {existing} is"
+        raise EvaluationError(f"{flag} {path}: {where} a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise EvaluationError(f"{flag} {path}: {existing} is not writable (permission denied)")
+    return existing
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Before any work: every local input exists and is what it claims (a file, or a folder),
+    every output folder can be written, and no output file would replace an input."""
+    for name in _INPUT_FILES:
+        if getattr(args, name):
+            _check_exists(getattr(args, name), f"--{name}")
+    for name in _INPUT_FOLDERS:
+        values = getattr(args, name) or []
+        for value in values if isinstance(values, list) else [values]:
+            if "://" not in value and not any(char in value for char in "*?[") and \
+                    not os.path.exists(value):
+                raise EvaluationError(f"--{name} {value}: no such file or folder")
+    outputs = []
+    if args.output_dir:
+        _check_folder_to_write("--output_dir", args.output_dir)
+        outputs += [("--output_dir", os.path.join(args.output_dir, name))
+                    for name in (METRICS_FILE, REPORT_FILE)]
+    if args.write_split:
+        _check_folder_to_write("--write_split", args.write_split)
+        outputs += [("--write_split", os.path.join(args.write_split, name))
+                    for name in ("visible.txt", "hidden.txt", COLD_SONGS_FILE)]
+    for flag, output in outputs:
+        if os.path.isdir(output):
+            raise EvaluationError(f"{flag}: {output} is a folder; the file cannot be written")
+        for name in _INPUT_FILES:
+            value = getattr(args, name)
+            if value and "://" not in value and os.path.exists(output) and \
+                    os.path.samefile(value, output):
+                raise EvaluationError(f"{flag}: writing {output} would replace --{name} "
+                                      f"{value}; give another folder")
 
 
 def _maybe(value: Optional[float]) -> str:
@@ -1699,7 +1827,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"evaluate: error: {error}", file=sys.stderr)
         return 1
     except OSError as error:
-        print(f"evaluate: error: {error}", file=sys.stderr)
+        print(f"evaluate: error: {cli.one_line(error)}", file=sys.stderr)
         return 1
     cut = report["protocol"]["cutoffs"]["map"]
     for key, model in report["models"].items():
@@ -1718,4 +1846,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_main("evaluate", main)

@@ -128,8 +128,9 @@ def build_pipeline(pipeline: beam.Pipeline, options: FeaturesOptions, patterns: 
 
 
 def run_summary(counters: dict[str, int], options: FeaturesOptions, patterns: Sequence[str],
-                seconds: float) -> dict:
-    """The run summary: counts that reconcile, the options used and the duration."""
+                seconds: float, symlinks: Optional[dict] = None) -> dict:
+    """The run summary: counts that reconcile, the options used and the duration (and the
+    symlinked folders under a local input that were followed or skipped, with why)."""
     get = lambda name: counters.get(name, 0)
     rejected = {name[len("rejected_"):]: value for name, value in sorted(counters.items())
                 if name.startswith("rejected_")}
@@ -138,6 +139,7 @@ def run_summary(counters: dict[str, int], options: FeaturesOptions, patterns: Se
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "duration_seconds": round(seconds, 3),
         "input_patterns": list(patterns),
+        "symlinked_folders": symlinks or {"followed": [], "skipped": []},
         "files_matched": get("files_matched"),
         "files_parsed": get("files_parsed"),
         "files_rejected": get("files_rejected"),
@@ -216,19 +218,21 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
         "features", argv, FeaturesOptions, FeaturesOptions.validate_features_options)
     patterns = [read_msd.expand_input(item) for item in features_options.input]
     staging_only = config_lib.is_staging_only(options)
-    lock = None
+    lock = symlinks = None
     if not staging_only:
         problems = launcher.unreadable_inputs(features_options.input, allow_folders=True)
         if problems:
             raise SystemExit(f"features: --input: {'; '.join(problems)}")
-        empty = launcher.patterns_matching_nothing(patterns)
+        empty = [pattern for pattern in launcher.patterns_matching_nothing(patterns)
+                 if not _matches_through_symlinks(pattern)]
         if empty:
             raise SystemExit(f"features: no file matches {', '.join(empty)}")
+        symlinks = report_symlinked_folders(patterns)
         # One run per output folder at a time: a second would delete the first's live staging.
         lock = launcher.RunLock(FileSystems.join(features_options.output_dir.rstrip("/"),
                                                  LOCK_FILE), "features").acquire()
     try:
-        return _run(options, features_options, patterns, staging_only)
+        return _run(options, features_options, patterns, staging_only, symlinks)
     finally:
         if lock:
             lock.release()
@@ -237,7 +241,28 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
 LOCK_FILE = "_features.lock"
 
 
-def _run(options, features_options, patterns, staging_only) -> Optional[dict]:
+def _matches_through_symlinks(pattern: str) -> bool:
+    """Whether a pattern Beam's listing finds nothing for matches files in symlinked folders."""
+    if "://" in pattern:
+        return False
+    return next(read_msd.match_pattern(pattern), None) is not None
+
+
+def report_symlinked_folders(patterns: Sequence[str]) -> dict:
+    """The symlinked folders that matching the local ``patterns`` follows or skips (a loop, a
+    folder read through another path, a link to nothing), each on the console; for the run
+    summary (``symlinked_folders``)."""
+    symlinks = read_msd.symlinked_folders(patterns)
+    for item in symlinks["followed"]:
+        logging.info("features: following the symlinked folder %s → %s (%d files)",
+                     item["path"], item["target"], item["files"])
+    for item in symlinks["skipped"]:
+        logging.warning("features: not following %s → %s: %s", item["path"], item["target"],
+                        item["reason"])
+    return symlinks
+
+
+def _run(options, features_options, patterns, staging_only, symlinks=None) -> Optional[dict]:
     if not staging_only:
         _check_output_dir(features_options.output_dir, features_options.overwrite)
     output_dir = features_options.output_dir.rstrip("/")
@@ -251,10 +276,10 @@ def _run(options, features_options, patterns, staging_only) -> Optional[dict]:
     # job runs on this machine, TFT works in a local folder and its artefacts are copied to a
     # remote output through Beam's file systems after the run (TensorFlow's gs:// client
     # ignores STORAGE_EMULATOR_HOST and has other credentials than Beam's).
-    local_tft = None
+    local_tft = dry_run_temp = None
     if options.view_as(TestOptions).dry_run:
         # TFT creates its temp dir while the job is built; a dry run has no GCS to create it on.
-        temp_dir = tempfile.mkdtemp(prefix="tft_dry_run_")
+        temp_dir = dry_run_temp = tempfile.mkdtemp(prefix="tft_dry_run_")
     elif (not staging_only and runs_on_this_machine(options)
           and ("://" in temp_dir or "://" in output_dir)):
         local_tft = tempfile.mkdtemp(prefix="tft_local_")
@@ -273,14 +298,15 @@ def _run(options, features_options, patterns, staging_only) -> Optional[dict]:
             return None
         result.wait_until_finish()
         summary = run_summary(launcher.counter_totals(result, read_msd.METRICS_NAMESPACE),
-                              features_options, patterns, time.monotonic() - started)
+                              features_options, patterns, time.monotonic() - started, symlinks)
         if tft_output_dir:
             for name in TFT_ARTEFACTS:
                 launcher.copy_local_folder(os.path.join(tft_output_dir, name),
                                            FileSystems.join(staging, name))
     finally:
-        if local_tft:
-            shutil.rmtree(local_tft, ignore_errors=True)
+        for local in (local_tft, dry_run_temp):
+            if local:
+                shutil.rmtree(local, ignore_errors=True)
     if not temp_location and not local_tft and FileSystems.exists(temp_dir):
         FileSystems.delete([temp_dir])
     if features_options.normalization == "zscore_l2" and summary["songs_written"] < 2:

@@ -1,12 +1,14 @@
 """What the job entry points share: option parsing with validation, counters, the summary."""
 import glob
 import json
+import logging
 import os
 import shutil
 import socket
 import stat
 import sys
 import time
+import uuid
 from typing import Callable, Iterable, Optional, Sequence, TypeVar
 
 from apache_beam.io.filesystems import FileSystems
@@ -53,28 +55,92 @@ def write_summary(summary: dict, folder: str, name: str = "run_summary.json") ->
     return path
 
 
-def replace_folder(source: str, destination: str) -> None:
-    """Moves a finished folder to ``destination``, replacing what was there.
+def after_commit(what: str, action: Callable[[], object]) -> bool:
+    """Runs a clean-up step that follows a publication's commit point (deleting a previous
+    version, the staging folder, an empty folder). The new output is already complete and
+    current, so a failure here is logged, not raised: what is left over is not read by anyone,
+    and the next run removes it. Returns whether the step succeeded."""
+    try:
+        action()
+        return True
+    except Exception as error:  # noqa: BLE001 - the output is published: report and go on
+        logging.warning("%s failed after the output was published (%s); the next run removes "
+                        "what is left", what, error)
+        return False
 
-    Locally: two directory renames (``destination`` is absent for an instant, never partial).
-    On GCS there are no directories: the old objects are deleted, then the new ones copied in,
-    one by one: a reader racing the swap can see nothing or part of the new folder. Used for
-    reports (whose run_summary.json, moved with them, says whether they are whole); data that
-    readers must never see in part is published with ``publish_version``.
-    """
+
+def _undo(what: str, action: Callable[[], object]) -> None:
+    """One step of putting things back after a failed publication; its own failure is logged
+    (the error that made the publication fail is the one raised)."""
+    try:
+        action()
+    except Exception as error:  # noqa: BLE001
+        logging.error("putting back %s after a failed publication failed: %s", what, error)
+
+
+def folder_exists(folder: str) -> bool:
+    """A local folder, or a gs:// prefix with at least one object below it."""
+    if "://" not in folder:
+        return os.path.isdir(folder)
+    return bool(FileSystems.match([folder.rstrip("/") + "/**"], limits=[1])[0].metadata_list)
+
+
+def move_folder(source: str, destination: str) -> None:
+    """Moves a folder to ``destination`` (which must not exist): one rename locally (parent
+    folders created); on GCS, every object below it, one by one (copy + delete)."""
     if "://" not in destination:
         os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
-        old = None
-        if os.path.exists(destination):
-            old = f"{source}.replaced"
-            os.rename(destination, old)
         os.rename(source, destination)
-        if old:
-            shutil.rmtree(old)
         return
-    delete_tree(destination)  # GCS: a folder is a prefix; FileSystems.exists(prefix) is False
-    sources = [m.path for m in FileSystems.match([FileSystems.join(source, "**")])[0].metadata_list]
-    FileSystems.rename(sources, [destination + path[len(source):] for path in sources])
+    source = source.rstrip("/")
+    paths = [m.path for m in FileSystems.match([source + "/**"])[0].metadata_list]
+    if paths:
+        FileSystems.rename(paths, [destination.rstrip("/") + path[len(source):]
+                                   for path in paths])
+
+
+def replace_folders(pairs: Sequence[tuple[str, str]],
+                    commit: Optional[Callable[[], None]] = None) -> None:
+    """Moves each finished folder ``source`` to its ``destination``, replacing what was there,
+    then runs ``commit`` (the one write that makes a publication current, if any): all or
+    nothing. A previous ``destination`` is first moved aside to ``<source>.replaced`` (in the
+    run's staging); if a move or ``commit`` fails, every folder is put back (the new ones to
+    staging, the previous ones in place) and the error raised. The previous folders are deleted
+    only after everything succeeded.
+
+    Locally each move is one rename: ``destination`` is absent for an instant, never partial.
+    On GCS a move is object by object: a reader racing it can see part of a folder (reports,
+    whose run_summary.json says whether they are whole; data readers must never see in part is
+    published with ``publish_version``)."""
+    moves = []  # [source, destination, backup or None, phase]: 1 backing up, 2 moving in
+    try:
+        for source, destination in pairs:
+            backup = f"{source.rstrip('/')}.replaced" if folder_exists(destination) else None
+            move = [source, destination, backup, 0]
+            moves.append(move)
+            if backup:
+                move[3] = 1
+                move_folder(destination, backup)
+            move[3] = 2
+            move_folder(source, destination)
+        if commit:
+            commit()
+    except BaseException:
+        for source, destination, backup, phase in reversed(moves):
+            if phase >= 2 and folder_exists(destination):
+                _undo(destination, lambda s=source, d=destination: move_folder(d, s))
+            if backup and folder_exists(backup):
+                _undo(destination, lambda d=destination, b=backup: move_folder(b, d))
+        raise
+    for _, _, backup, _ in moves:
+        if backup:
+            after_commit(f"deleting the replaced {backup}", lambda b=backup: delete_tree(b))
+
+
+def replace_folder(source: str, destination: str) -> None:
+    """Moves a finished folder to ``destination``, replacing what was there; a failure puts the
+    previous folder back (``replace_folders``)."""
+    replace_folders([(source, destination)])
 
 
 def remove_if_empty(folder: str) -> None:
@@ -211,8 +277,8 @@ def move_file(source: str, destination: str) -> None:
 
 def write_atomically(path: str, data: bytes) -> None:
     """Writes a small file so that a reader sees the old content or the new, never a part:
-    locally a temporary file renamed over it (os.replace is atomic); on GCS one object upload,
-    which is atomic by itself."""
+    locally a temporary file renamed over it (os.replace is atomic; the temporary file is
+    removed when any step fails); on GCS one object upload, which is atomic by itself."""
     if "://" in path:
         with FileSystems.create(path) as handle:
             handle.write(data)
@@ -220,11 +286,16 @@ def write_atomically(path: str, data: bytes) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     temporary = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.lexists(temporary):
+            _undo(temporary, lambda: os.remove(temporary))
+        raise
 
 
 PUBLISHED_MARKER = "_SUCCESS.json"
@@ -257,61 +328,160 @@ def partition_files(partition: str) -> list[str]:
         [FileSystems.join(partition, "*.parquet")])[0].metadata_list)
 
 
-def publish_version(staged: str, folder: str, run_id: str, summary: Optional[dict] = None
-                    ) -> list[str]:
+def _marker_run_id(folder: str) -> Optional[str]:
+    try:
+        with FileSystems.open(FileSystems.join(folder, PUBLISHED_MARKER)) as handle:
+            return json.loads(handle.read().decode("utf-8")).get("run_id")
+    except Exception:  # noqa: BLE001 - no marker, or unreadable
+        return None
+
+
+def publish_version(staged: str, folder: str, run_id: str, summary: Optional[dict] = None,
+                    with_folders: Sequence[tuple[str, str]] = ()) -> list[str]:
     """Publishes the files of ``staged`` into ``folder`` as one version, the same way on a local
     disk and on GCS (where renames are copies, object by object):
 
     1. every staged file moves in under a name carrying ``run_id`` (``part-…`` becomes
        ``part-<run_id>-…``): the previous version's files and marker are untouched, so a reader
        that follows the marker still reads the previous version, whole;
-    2. the marker ``_SUCCESS.json`` naming exactly the new files is written in one write: the
-       switch;
+    2. the folders of ``with_folders`` (source, destination: the run's report) replace their
+       destinations (``replace_folders``), then the marker ``_SUCCESS.json`` naming exactly the
+       new files is written in one write: the commit point;
     3. the files no marker names any more (the previous version, and leftovers of a run that
        crashed between 1 and 2) are deleted.
-    A crash before 2 leaves the previous version current; one after it, the new one; the next
-    publish removes what was left. Returns the published files."""
-    names = []
-    for path in sorted(m.path for m in FileSystems.match(
-            [staged.rstrip("/") + "/**"])[0].metadata_list):
-        relative = path[len(staged.rstrip("/")) + 1:]
+    A failure in 1 or 2 puts everything back (the new files are deleted, the previous folders
+    of ``with_folders`` restored) and is raised: the previous version stays current and
+    nothing of the new one is left beside it. A crash (no chance to put back) before the
+    marker leaves the previous version current; the next publish removes what was left. A
+    failure in 3 is logged: the new version is published. Returns the published files."""
+    staged = staged.rstrip("/")
+    planned = []
+    for path in sorted(m.path for m in FileSystems.match([staged + "/**"])[0].metadata_list):
+        relative = path[len(staged) + 1:]
         base = os.path.basename(relative)
         named = f"part-{run_id}-{base[len('part-'):]}" if base.startswith("part-") else \
             f"{run_id}-{base}"
-        name = relative[:len(relative) - len(base)] + named
-        move_file(path, FileSystems.join(folder, name))
-        names.append(name)
-    marker = {"run_id": run_id, "files": names, **(summary or {})}
-    write_atomically(FileSystems.join(folder, PUBLISHED_MARKER),
-                     json.dumps(marker, indent=2, sort_keys=True).encode("utf-8"))
+        planned.append((path, relative[:len(relative) - len(base)] + named))
+    names = [name for _, name in planned]
+    marker = FileSystems.join(folder, PUBLISHED_MARKER)
+    record = json.dumps({"run_id": run_id, "files": names, **(summary or {})}, indent=2,
+                        sort_keys=True).encode("utf-8")
+    moved = []
+    try:
+        for path, name in planned:
+            moved.append(FileSystems.join(folder, name))
+            move_file(path, moved[-1])
+        replace_folders(with_folders, commit=lambda: write_atomically(marker, record))
+    except BaseException:
+        if _marker_run_id(folder) != run_id:  # not committed (e.g. not a lost GCS response)
+            present = [path for path in moved if FileSystems.exists(path)]
+            if present:
+                _undo(f"the new files in {folder}", lambda: FileSystems.delete(present))
+            _undo(f"empty folders of {folder}", lambda: _remove_empty_folders(folder))
+            raise
+        logging.warning("publishing %s: the marker was written although the write reported an "
+                        "error; the new version is published", folder)
     keep = set(names) | {PUBLISHED_MARKER}
     prefix = folder.rstrip("/") + "/"
-    stale = [m.path for m in FileSystems.match([prefix + "**"])[0].metadata_list
-             if m.path[len(prefix):] not in keep]
-    if stale:
-        FileSystems.delete(stale)
-    if "://" not in folder:  # local folders emptied by the deletions
-        for root, dirs, _ in os.walk(folder, topdown=False):
-            for name in dirs:
-                remove_if_empty(os.path.join(root, name))
+
+    def delete_stale() -> None:
+        stale = [m.path for m in FileSystems.match([prefix + "**"])[0].metadata_list
+                 if m.path[len(prefix):] not in keep]
+        if stale:
+            FileSystems.delete(stale)
+        _remove_empty_folders(folder, keep_top=True)
+
+    after_commit(f"deleting the previous version in {folder}", delete_stale)
     return [FileSystems.join(folder, name) for name in names]
+
+
+def _remove_empty_folders(folder: str, keep_top: bool = False) -> None:
+    """Local folders below ``folder`` (and ``folder`` itself unless ``keep_top``) left empty."""
+    if "://" in folder or not os.path.isdir(folder):
+        return
+    for root, dirs, _ in os.walk(folder, topdown=False):
+        for name in dirs:
+            remove_if_empty(os.path.join(root, name))
+    if not keep_top:
+        remove_if_empty(folder)
+
+
+# Tokens of the RunLocks this process holds: a lock file naming this process but none of these
+# was left by a release that failed, and is taken over.
+_HELD_TOKENS: set[str] = set()
 
 
 class RunLock:
     """A lock file that keeps two runs off one output (a second run would delete the first's
-    live staging and publish over it). Locally it is created atomically (O_EXCL); a lock whose
-    process is gone (same host, pid not running) is taken over. On GCS there is no atomic
-    create through Beam's file systems: the lock is checked, then written, which narrows the
-    window but does not close it."""
+    live staging and publish over it). Creating it is atomic: locally with O_EXCL, on GCS with
+    the precondition ``ifGenerationMatch=0`` (the object is created only if absent; of two runs
+    racing, the storage service lets exactly one create it, the other gets 412). A lock whose
+    process is gone (same host, pid not running, or this process and not held) is taken over;
+    releasing deletes the lock only while it is still ours (locally its token, on GCS its
+    generation: ``ifGenerationMatch=<ours>``)."""
 
-    def __init__(self, path: str, job: str):
+    def __init__(self, path: str, job: str, options: Optional[PipelineOptions] = None):
         self.path = path
         self.job = job
+        self.token = uuid.uuid4().hex
+        self._options = options
         self._held = False
+        self._generation: Optional[int] = None  # GCS: the generation our create made
+
+    # -- GCS (google-cloud-storage, configured as Beam's GcsIO configures it) ----------------
+    def _gcs(self):
+        """(bucket, object name, retry policy) of a gs:// lock: the storage client of Beam's
+        GcsIO for these options (credentials, project, STORAGE_EMULATOR_HOST)."""
+        from apache_beam.io.gcp import gcsio, gcsio_retry
+
+        options = self._options or FileSystems._pipeline_options or PipelineOptions()
+        bucket, name = gcsio.parse_gcs_path(self.path)
+        client = gcsio.GcsIO(pipeline_options=options).client
+        return client.bucket(bucket), name, gcsio_retry.get_retry(options)
+
+    def _create(self, record: str) -> bool:
+        """Creates the lock file holding ``record`` if it does not exist; False if it does."""
+        if "://" in self.path:
+            from google.api_core import exceptions as api_exceptions
+
+            bucket, name, retry = self._gcs()
+            blob = bucket.blob(name)
+            # Not needed on GCS (the precondition decides), but a store that ignores it (the
+            # local emulator does) then still refuses a run that comes after the holder.
+            if blob.exists(retry=retry):
+                return False
+            try:
+                blob.upload_from_string(record.encode("utf-8"), content_type="application/json",
+                                        if_generation_match=0, retry=retry)
+            except api_exceptions.PreconditionFailed:
+                return False
+            self._generation = blob.generation
+            return True
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        try:
+            descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(record)
+        except BaseException:  # an empty lock file would refuse every later run
+            _undo(self.path, lambda: os.remove(self.path))
+            raise
+        return True
 
     def _holder(self) -> dict:
+        """The record in the lock file (with ``_generation`` on GCS); empty if unreadable."""
         try:
-            with FileSystems.open(self.path) as handle:
+            if "://" in self.path:
+                bucket, name, retry = self._gcs()
+                blob = bucket.get_blob(name, retry=retry)
+                if blob is None:
+                    return {}
+                holder = json.loads(blob.download_as_bytes(
+                    if_generation_match=blob.generation, retry=retry).decode("utf-8"))
+                return {**holder, "_generation": blob.generation}
+            with open(self.path, "rb") as handle:
                 return json.loads(handle.read().decode("utf-8"))
         except Exception:  # noqa: BLE001 - unreadable: treat as held by an unknown run
             return {}
@@ -320,47 +490,84 @@ class RunLock:
         if holder.get("host") != socket.gethostname() or not holder.get("pid"):
             return False
         try:
-            os.kill(int(holder["pid"]), 0)
+            pid = int(holder["pid"])
+        except ValueError:
+            return False
+        if pid == os.getpid():  # this process: stale unless one of its locks still holds it
+            return holder.get("token") not in _HELD_TOKENS
+        try:
+            os.kill(pid, 0)
         except ProcessLookupError:
             return True
-        except (PermissionError, ValueError):
+        except PermissionError:
             return False
         return False
 
+    def _delete(self, generation: Optional[int]) -> None:
+        """Deletes the lock file; on GCS only the generation given (NotFound and 412: it is
+        not that lock any more, and is left alone)."""
+        if "://" not in self.path:
+            os.remove(self.path)
+            return
+        from google.api_core import exceptions as api_exceptions
+
+        bucket, name, retry = self._gcs()
+        try:
+            bucket.delete_blob(name, if_generation_match=generation, retry=retry)
+        except (api_exceptions.NotFound, api_exceptions.PreconditionFailed):
+            logging.warning("%s changed hands before it was deleted; left alone", self.path)
+
     def acquire(self) -> "RunLock":
         record = json.dumps({"job": self.job, "host": socket.gethostname(), "pid": os.getpid(),
+                             "token": self.token,
                              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        for _ in range(2):
-            if "://" not in self.path:
-                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-                try:
-                    descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                except FileExistsError:
-                    pass
-                else:
-                    with os.fdopen(descriptor, "w") as handle:
-                        handle.write(record)
+        holder: dict = {}
+        # Held from before the create: a run of this process reading the lock meanwhile must
+        # not take it for one a failed release left.
+        _HELD_TOKENS.add(self.token)
+        try:
+            for _ in range(2):
+                created = self._create(record)
+                holder = {} if created else self._holder()
+                if created or holder.get("token") == self.token:  # ours (a retried create)
+                    if not created and "://" in self.path:
+                        self._generation = holder.get("_generation")
                     self._held = True
                     return self
-            elif not FileSystems.exists(self.path):
-                with FileSystems.create(self.path) as handle:
-                    handle.write(record.encode("utf-8"))
-                self._held = True
-                return self
-            holder = self._holder()
-            if self._stale(holder):
-                FileSystems.delete([self.path])
-                continue
-            break
+                if self._stale(holder):
+                    if "://" in self.path:
+                        self._delete(holder.get("_generation"))
+                    else:
+                        try:
+                            os.remove(self.path)
+                        except FileNotFoundError:
+                            pass
+                    continue
+                break
+        finally:
+            if not self._held:
+                _HELD_TOKENS.discard(self.token)
         raise SystemExit(
             f"{self.job}: another run holds {self.path} (pid {holder.get('pid', '?')} on "
             f"{holder.get('host', '?')}, started {holder.get('started', '?')}); wait for it, or "
             "delete that file if that run is gone")
 
     def release(self) -> None:
-        if self._held and FileSystems.exists(self.path):
-            FileSystems.delete([self.path])
+        """Deletes the lock if it is still ours. A failure is logged, not raised (it must not
+        hide the run's own outcome): the lock left names this process, and is taken over by
+        the next run once this process is gone, or at once by a run in this process."""
+        if not self._held:
+            return
         self._held = False
+        _HELD_TOKENS.discard(self.token)
+        try:
+            if "://" in self.path:
+                self._delete(self._generation)
+            elif self._holder().get("token") == self.token:
+                os.remove(self.path)
+        except Exception as error:  # noqa: BLE001
+            logging.warning("%s: could not delete the lock %s (%s); the next run takes it over",
+                            self.job, self.path, error)
 
     def __enter__(self) -> "RunLock":
         return self.acquire()

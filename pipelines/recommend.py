@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import logging
-import os
 import time
 from typing import Optional, Sequence
 
@@ -278,18 +277,22 @@ def publish_parquet_partition(staging: str, output: str, report_dir: str,
                               run_date: datetime.date, model: str, run_id: str,
                               rows: Optional[int] = None) -> str:
     """Publishes a finished run: its ``rows`` become the current version of
-    ``run_date=…/model=…`` (``launcher.publish_version``: the partition's ``_SUCCESS.json``
-    switches from the previous run's files to these in one write, on local disks and GCS
-    alike), then its ``report`` replaces ``report_dir``. An earlier run of the same (run_date,
-    model) is replaced, nothing else is touched."""
+    ``run_date=…/model=…`` and its ``report`` replaces ``report_dir``, all or nothing
+    (``launcher.publish_version``: the rows move in under new names, the report replaces the
+    previous one, then the partition's ``_SUCCESS.json`` switches to the new files in one
+    write, on local disks and GCS alike; a failure before that write puts the previous report
+    back and removes the new files). An earlier run of the same (run_date, model) is replaced,
+    nothing else is touched. Removing the staging folder comes after the switch: a failure
+    there is logged, and the next run removes what is left."""
     final = writers.partition_dir(output, run_date, model)
-    launcher.publish_version(FileSystems.join(staging, "rows"), final, run_id, {
-        "rows": rows, "run_date": run_date.isoformat(), "model": model})
     report = FileSystems.join(staging, "report")
-    if launcher.child_names(report):
-        launcher.replace_folder(report, report_dir)
-    launcher.delete_tree(staging)
-    launcher.remove_if_empty(os.path.dirname(staging))
+    launcher.publish_version(
+        FileSystems.join(staging, "rows"), final, run_id,
+        {"rows": rows, "run_date": run_date.isoformat(), "model": model},
+        with_folders=[(report, report_dir)] if launcher.child_names(report) else [])
+    launcher.after_commit(f"deleting {staging}", lambda: launcher.delete_tree(staging))
+    launcher.after_commit("removing the empty staging folder",
+                          lambda: launcher.remove_if_empty(staging.rstrip("/").rsplit("/", 1)[0]))
     return final
 
 
@@ -406,7 +409,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     # staging below and publish over it.
     lock = (launcher.RunLock(FileSystems.join(output.rstrip("/"), writers.STAGING,
                                               f"run_date={run_date.isoformat()}-{model}.lock"),
-                             "recommend")
+                             "recommend", options)
             if not staging_only and not bigquery else None)
     if not staging_only:
         _check_inputs_exist(recommend_options)
@@ -444,17 +447,20 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
         if bigquery:
             publish_bigquery_run(table, staging_table, run_date, model, summary["users_written"])
             launcher.replace_folder(staged_report, report_dir)
-            launcher.delete_tree(staging)
+            launcher.after_commit(f"deleting {staging}", lambda: launcher.delete_tree(staging))
         else:
             publish_parquet_partition(staging, output, report_dir, run_date, model, run_id,
                                       summary["users_written"])
         summary["report_dir"] = report_dir
         return summary
     finally:
-        if lock:
+        if lock:  # never raises: a failure here must not hide the run's own outcome
             lock.release()
-            launcher.remove_if_empty(FileSystems.join(output.rstrip("/"), writers.STAGING))
-            launcher.remove_if_empty(output.rstrip("/"))
+            try:
+                launcher.remove_if_empty(FileSystems.join(output.rstrip("/"), writers.STAGING))
+                launcher.remove_if_empty(output.rstrip("/"))
+            except OSError as error:
+                logging.warning("recommend: could not remove an empty staging folder: %s", error)
 
 
 def _inputs(options: RecommendOptions) -> list[tuple[str, str]]:

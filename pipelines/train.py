@@ -319,30 +319,46 @@ def publish_model(staging: str, output_dir: str, version: str) -> str:
     with FileSystems.open(FileSystems.join(staging, model_base.MODEL_FILE)) as handle:
         manifest = json.loads(handle.read().decode("utf-8"))
     files = [name for name in _relative_files(staging) if name != model_base.MODEL_FILE]
-    for name in files:
-        launcher.move_file(FileSystems.join(staging, name),
-                           FileSystems.join(output_dir, folder, name))
     manifest["version"] = version
     manifest["songs_file"] = f"{folder}/{model_base.SONGS_FILE}"
     for described in manifest["arrays"].values():
         described["file"] = f"{folder}/{described['file']}"
     manifest["report"] = {"run_summary": f"{folder}/{SUMMARY_FILE}", "rejected": f"{folder}/rejected/"}
-    launcher.write_atomically(manifest_path,
-                              json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
-    launcher.delete_tree(staging)
-    launcher.remove_if_empty(FileSystems.join(output_dir, STAGING))
+    version_dir = FileSystems.join(output_dir, folder)
+    try:
+        for name in files:
+            launcher.move_file(FileSystems.join(staging, name), FileSystems.join(version_dir, name))
+        launcher.write_atomically(manifest_path,
+                                  json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
+    except BaseException:
+        # Not published: the previous model.json and its version are untouched; the new version
+        # folder (nothing names it) goes, so nothing half-new stays beside them.
+        try:
+            launcher.delete_tree(version_dir)
+        except Exception as error:  # noqa: BLE001 - the next publish deletes it
+            logging.error("train: could not remove %s after a failed publish: %s", version_dir,
+                          error)
+        raise
+    # Published. What follows only tidies up: a failure is logged, the next publish retries.
+    launcher.after_commit(f"deleting {staging}", lambda: launcher.delete_tree(staging))
+    launcher.after_commit("removing the empty staging folder", lambda: launcher.remove_if_empty(
+        FileSystems.join(output_dir, STAGING)))
     keep = {folder, f"{VERSION_PREFIX}{previous.get('version')}" if previous else None}
     for name in launcher.child_names(output_dir):
         if name.startswith(VERSION_PREFIX) and name not in keep:
-            launcher.delete_tree(FileSystems.join(output_dir, name))
+            launcher.after_commit(f"deleting the old version {name}", lambda n=name: (
+                launcher.delete_tree(FileSystems.join(output_dir, n))))
     if previous and not previous.get("version"):  # the first layout: files at the top
         legacy = [described["file"] for described in previous.get("arrays", {}).values()]
         legacy += [model_base.SONGS_FILE, SUMMARY_FILE]
         for name in legacy:
-            if "/" not in name and FileSystems.exists(FileSystems.join(output_dir, name)):
-                FileSystems.delete([FileSystems.join(output_dir, name)])
-        launcher.delete_tree(FileSystems.join(output_dir, "rejected"))
-    return FileSystems.join(output_dir, folder)
+            path = FileSystems.join(output_dir, name)
+            if "/" not in name and FileSystems.exists(path):
+                launcher.after_commit(f"deleting {path} of the first layout",
+                                      lambda p=path: FileSystems.delete([p]))
+        launcher.after_commit("deleting rejected/ of the first layout", lambda: (
+            launcher.delete_tree(FileSystems.join(output_dir, "rejected"))))
+    return version_dir
 
 
 OWN_ENTRIES = (model_base.MODEL_FILE, STAGING, model_base.SONGS_FILE, SUMMARY_FILE, "rejected")

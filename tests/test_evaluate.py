@@ -406,3 +406,147 @@ def test_cold_songs_leave_the_visible_half_and_are_scored_alone():
     assert result["cold"] == {"users": 1, "map": 1.0, "recall": 1.0, "precision": 1 / 3}
     assert result["warm"]["recall"] == 0.5 and result["warm"]["map"] == pytest.approx(1 / 6)
     assert result["cold_share"] == pytest.approx(1 / 3)
+
+
+# --- a careless user (issue 14): every expected failure is one line naming the path -------------
+
+def _gzip_cut(path, keep):
+    import gzip
+
+    data = gzip.compress(open(path, "rb").read() * 20)
+    with open(path + ".gz", "wb") as handle:
+        handle.write(data[:keep] if keep else b"not gzip at all")
+    return path + ".gz"
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda t: ["--listens", t["tmp"]],
+     "--listens {tmp}: is a folder, not a file"),
+    (lambda t: ["--listens", "/dev/zero"],
+     "--listens /dev/zero: is a device or socket, not a file"),
+    (lambda t: ["--listens", _gzip_cut(t["visible"], 0)],
+     "--listens {tmp}/visible.txt.gz: cannot be read: Not a gzipped file"),
+    (lambda t: ["--listens", _gzip_cut(t["visible"], 60)],  # Beam's reader stopped at the cut
+     "--listens {tmp}/visible.txt.gz: cannot be read: Compressed file ended before the "
+     "end-of-stream marker was reached"),
+    (lambda t: ["--listens", t["visible"], "--features", t["tmp"] / "no_features"],
+     "--features {tmp}/no_features: no such file or folder"),
+    (lambda t: ["--listens", t["visible"], "--features", t["tmp"] / "recommendations"],
+     "has no run_summary.json: the feature run there did not finish"),
+    (lambda t: ["--listens", t["visible"], "--model_dir", t["tmp"] / "no_model"],
+     "--model_dir {tmp}/no_model: no such file or folder"),
+    (lambda t: ["--listens", t["visible"], "--model_dir", t["tmp"] / "recommendations"],
+     "--model_dir {tmp}/recommendations: {tmp}/recommendations holds no model.json: not a "
+     "model directory"),
+    (lambda t: ["--listens", t["visible"], "--recommendations", t["recommendations"], "--k", 0],
+     "--k, --precision_k and --blend_candidates must be at least 1"),
+    (lambda t: ["--listens", t["visible"], "--recommendations", t["recommendations"], "--k",
+                10 ** 12], "--k and --precision_k must be at most 1,000,000"),
+    (lambda t: ["--listens", t["visible"], "--recommendations", t["recommendations"],
+                "--holdout_fraction", 2], "--holdout_fraction 2.0 must be between 0 and 1"),
+    (lambda t: ["--listens", t["visible"], "--recommendations", t["recommendations"],
+                "--cold_songs", -1], "--cold_songs -1.0 must be between 0 and 1"),
+    (lambda t: ["--listens", t["visible"], "--recommendations", t["recommendations"],
+                "--cold_songs", 0.3, "--seed", -1], "--seed -1 must be 0 or more"),
+])
+def test_a_careless_user_gets_one_line_naming_the_path_and_cause(capsys, tiny, make_args,
+                                                                 message):
+    args = make_args(tiny)
+    if "--holdout_fraction" not in args:
+        args += ["--holdout_fraction", 0.5]
+    if not any(flag in args for flag in ("--features", "--model_dir", "--recommendations")):
+        args += ["--recommendations", tiny["recommendations"]]
+    code, out, err = run_main(capsys, *args, "--output_dir", tiny["out"])
+    assert code == 1, err
+    assert err.startswith("evaluate: error: ") and message.format(tmp=tiny["tmp"]) in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not tiny["out"].exists()
+
+
+def test_a_damaged_model_dir_is_one_line_naming_the_file(capsys, tiny, monkeypatch):
+    from recommend import models
+    from recommend.models import base
+    from tests.test_train_pipeline import ReverseIdModel
+
+    monkeypatch.setitem(models.MODELS, ReverseIdModel.kind, ReverseIdModel)
+    model_dir = tiny["tmp"] / "model"
+    base.save_model(ReverseIdModel(np.array([song(c) for c in "ABCDE"], dtype=object)),
+                    str(model_dir))
+    args = ["--visible", tiny["visible"], "--hidden", tiny["hidden"], "--model_dir", model_dir,
+            "--output_dir", tiny["out"]]
+    assert run_main(capsys, *args)[0] == 0  # whole, it is used
+    text = (model_dir / "model.json").read_text()
+    (model_dir / "model.json").write_text(text[:len(text) // 2])
+    code, _, err = run_main(capsys, *args)
+    assert code == 1 and f"--model_dir {model_dir}: {model_dir}/model.json is not valid JSON" \
+        in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("where, message", [
+    ("a_file", "--output_dir {tmp}/a_file: is a file, not a folder"),
+    ("a_file/sub", "--output_dir {tmp}/a_file/sub: cannot be made: {tmp}/a_file is a file, "
+                   "not a folder"),
+])
+def test_an_output_dir_that_cannot_be_written_is_refused_before_the_work(capsys, tiny, where,
+                                                                         message):
+    (tiny["tmp"] / "a_file").write_text("mine")
+    code, _, err = run_main(capsys, "--visible", tiny["visible"], "--hidden", tiny["hidden"],
+                            "--recommendations", tiny["recommendations"], "--output_dir",
+                            tiny["tmp"] / where)
+    assert code == 1 and err.strip() == f"evaluate: error: {message.format(tmp=tiny['tmp'])}"
+    assert (tiny["tmp"] / "a_file").read_text() == "mine"
+
+
+def test_a_split_that_would_replace_its_own_input_is_refused(capsys, tiny):
+    code, _, err = run_main(capsys, "--listens", tiny["visible"], "--holdout_fraction", 0.5,
+                            "--write_split", tiny["tmp"])
+    assert code == 1 and (f"--write_split: writing {tiny['tmp'] / 'visible.txt'} would replace "
+                          f"--listens {tiny['visible']}") in err, err
+    assert open(tiny["visible"]).read().count("\n") == sum(map(len, VISIBLE.values()))
+
+
+def test_a_full_disk_while_writing_the_report_leaves_the_previous_one(capsys, tiny,
+                                                                      monkeypatch):
+    import errno
+    import pathlib
+
+    args = ["--visible", tiny["visible"], "--hidden", tiny["hidden"], "--recommendations",
+            tiny["recommendations"], "--output_dir", tiny["out"]]
+    assert run_main(capsys, *args)[0] == 0
+    before = {path.name: path.read_bytes() for path in tiny["out"].iterdir()}
+    real_write_text = pathlib.Path.write_text
+
+    def disk_full(self, *a, **k):
+        if self.name == f".{evaluate.REPORT_FILE}.partial":  # metrics.json is already staged
+            real_write_text(self, "<html>half a pa", encoding="utf-8")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_text(self, *a, **k)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", disk_full)
+    code, _, err = run_main(capsys, *args, "--title", "a second run")
+    assert code == 1 and err.strip() == (
+        f"evaluate: error: --output_dir {tiny['out']}: cannot write metrics.json and "
+        "report.html (No space left on device)")
+    assert {path.name: path.read_bytes() for path in tiny["out"].iterdir()} == before
+
+
+def test_the_cli_ends_a_damaged_input_with_one_line_and_leaves_no_temporary_files(tiny,
+                                                                                   tmp_path):
+    """As a user runs it (subprocess): exit status 1, one line, no traceback, no native
+    noise, and nothing left in the temporary folder."""
+    import os
+    import subprocess
+    import sys
+
+    cut = _gzip_cut(tiny["visible"], 60)
+    (tmp_path / "temp").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.evaluate", "--listens", cut, "--holdout_fraction",
+         "0.5", "--recommendations", tiny["recommendations"], "--output_dir", str(tiny["out"])],
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, TMPDIR=str(tmp_path / "temp")))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"evaluate: error: --listens {cut}: cannot be read: Compressed file ended before the "
+        "end-of-stream marker was reached"], result.stderr
+    assert os.listdir(tmp_path / "temp") == []

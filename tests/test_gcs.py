@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 
 import numpy as np
@@ -297,7 +298,8 @@ def test_a_run_failing_while_publishing_on_gcs_leaves_the_previous_version(
     with pytest.raises(OSError, match="killed while publishing"):
         recommend.run(args + ["--num_shards", "3"])
     assert launcher.published_files(partition) == before
-    assert len([n for n in files_below(partition) if n.endswith(".parquet")]) == 1 + 3
+    # The failed publish removed the files it had copied in: nothing half-new is left.
+    assert len([n for n in files_below(partition) if n.endswith(".parquet")]) == 1
     assert query_lib.run_local(query, {}, recommendations_dir=output).rows == rows_before
     monkeypatch.setattr(launcher, "write_atomically", working)
     again = recommend.run(args + ["--num_shards", "2"])
@@ -382,3 +384,133 @@ def test_export_to_gcs_answers_like_the_local_export(gcs_features, synthetic_fea
         b = expected.signatures["serving_default"](listened_songs=listened,
                                                    no_recom_songs=tf.constant(K))
         np.testing.assert_array_equal(a["recom_songs_ids"].numpy(), b["recom_songs_ids"].numpy())
+
+
+# -- the run lock on GCS: created only if absent (ifGenerationMatch=0) -------------------------
+
+class _FakeBlob:
+    def __init__(self, bucket, name):
+        self.bucket, self.name, self.generation = bucket, name, None
+
+    def exists(self, retry=None):
+        self.bucket.before_exists()
+        return self.name in self.bucket.objects
+
+    def upload_from_string(self, data, content_type=None, if_generation_match=None, retry=None):
+        from google.api_core import exceptions
+
+        with self.bucket.guard:  # GCS applies the precondition atomically
+            current = self.bucket.objects.get(self.name)
+            if if_generation_match is not None and (current[0] if current else 0) != \
+                    if_generation_match:
+                raise exceptions.PreconditionFailed("conditionNotMet")
+            self.bucket.generation += 1
+            self.generation = self.bucket.generation
+            self.bucket.objects[self.name] = (self.generation, data)
+
+    def download_as_bytes(self, if_generation_match=None, retry=None):
+        return self.bucket.objects[self.name][1]
+
+
+class _FakeBucket:
+    """What RunLock needs of a bucket, honouring generation preconditions as GCS does (the
+    emulator ignores them, see test_the_gcs_lock_sends_its_preconditions_on_the_wire)."""
+
+    def __init__(self, racers: int = 1):
+        self.objects, self.generation = {}, 1000
+        self.guard = threading.Lock()
+        self.barrier = threading.Barrier(racers)
+
+    def before_exists(self):
+        self.barrier.wait(timeout=10)  # every racer has checked before any creates
+
+    def blob(self, name):
+        return _FakeBlob(self, name)
+
+    def get_blob(self, name, retry=None):
+        if name not in self.objects:
+            return None
+        blob = _FakeBlob(self, name)
+        blob.generation = self.objects[name][0]
+        return blob
+
+    def delete_blob(self, name, if_generation_match=None, retry=None):
+        from google.api_core import exceptions
+
+        with self.guard:
+            if name not in self.objects:
+                raise exceptions.NotFound(name)
+            if if_generation_match is not None and self.objects[name][0] != if_generation_match:
+                raise exceptions.PreconditionFailed("conditionNotMet")
+            del self.objects[name]
+
+
+def test_two_runs_racing_for_one_gcs_lock_exactly_one_wins(monkeypatch):
+    """Both runs find no lock, then both create it: the precondition lets one through; the
+    other is refused with a message naming the holder. Releasing deletes only our generation."""
+    from pipelines import launcher
+
+    bucket = _FakeBucket(racers=2)
+    monkeypatch.setattr(launcher.RunLock, "_gcs", lambda self: (bucket, "out/_staging/x.lock",
+                                                                None))
+    results = {}
+
+    def acquire(name):
+        lock = launcher.RunLock("gs://b/out/_staging/x.lock", "recommend")
+        try:
+            results[name] = lock.acquire()
+        except SystemExit as refused:
+            results[name] = str(refused)
+
+    threads = [threading.Thread(target=acquire, args=(n,)) for n in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    winners = [r for r in results.values() if isinstance(r, launcher.RunLock)]
+    losers = [r for r in results.values() if isinstance(r, str)]
+    assert len(winners) == 1 and len(losers) == 1, results
+    holder = json.loads(bucket.objects["out/_staging/x.lock"][1])
+    assert holder["token"] == winners[0].token
+    assert f"another run holds gs://b/out/_staging/x.lock (pid {os.getpid()} on " \
+        f"{holder['host']}, started {holder['started']})" in losers[0]
+    # Someone replaced the lock (an operator took it over): our release leaves theirs alone.
+    bucket.barrier = threading.Barrier(1)
+    bucket.objects["out/_staging/x.lock"] = (5, b'{"pid": 1}')
+    winners[0].release()
+    assert bucket.objects["out/_staging/x.lock"] == (5, b'{"pid": 1}')
+    del bucket.objects["out/_staging/x.lock"]
+    again = launcher.RunLock("gs://b/out/_staging/x.lock", "recommend").acquire()
+    again.release()
+    assert not bucket.objects
+
+
+def test_the_gcs_lock_sends_its_preconditions_on_the_wire(gcs, monkeypatch):
+    """Against the emulator: the lock object is uploaded with ifGenerationMatch=0 and deleted
+    with ifGenerationMatch=<its generation> (the emulator ignores both, so the race itself is
+    tested above against a bucket that honours them, as GCS does); a second run is refused
+    naming the first; a released lock is gone."""
+    import requests
+
+    from pipelines import launcher
+
+    sent = []
+    send = requests.Session.request
+
+    def recording(session, method, url, *args, **kwargs):
+        sent.append((method, url))
+        return send(session, method, url, *args, **kwargs)
+
+    monkeypatch.setattr(requests.Session, "request", recording)
+    path = gcs.url(f"lock-{uuid.uuid4().hex[:8]}", "_staging", "run.lock")
+    first = launcher.RunLock(path, "recommend").acquire()
+    uploads = [url for method, url in sent if method == "POST" and "/upload/" in url]
+    assert uploads and all("ifGenerationMatch=0" in url for url in uploads), uploads
+    with pytest.raises(SystemExit, match=rf"another run holds {path} \(pid {os.getpid()} on "):
+        launcher.RunLock(path, "recommend").acquire()
+    sent.clear()
+    first.release()
+    deletes = [url for method, url in sent if method == "DELETE"]
+    assert deletes and all(f"ifGenerationMatch={first._generation}" in url for url in deletes)
+    assert not FileSystems.exists(path)
+    launcher.RunLock(path, "recommend").acquire().release()

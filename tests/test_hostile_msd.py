@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from msd import synthetic
 from pipelines import features
+from tests.conftest import sample_data_path
 from tests.test_timbre import independent_statistics
 
 SEED = 5
@@ -570,3 +571,78 @@ def test_a_track_twice_in_one_aggregate_file_keeps_the_first_row(run):
         ("duplicate_track_id", track_id, f"song 1: track {track_id} is a duplicate of row 0 of "
                                          "the same file, which comes first and is kept")]
     assert track_id in run["examples"]  # values checked in test_the_good_songs_are_unaffected
+
+
+# -- symlinked folders under --input (issue 14) -----------------------------------------------
+
+@pytest.fixture()
+def linked_input(tmp_path):
+    """``data/`` holding 4 real sample files in ``A/`` and, through ``data/B -> elsewhere/B``,
+    the other 4; plus a second link to the same folder, two loops and a link to nothing."""
+    real = sorted(sample_data_path("msd", "data").rglob("*.h5"))
+    assert len(real) == 8
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere" / "B"
+    (data / "A").mkdir(parents=True)
+    elsewhere.mkdir(parents=True)
+    for index, path in enumerate(real):
+        ((data / "A") if index < 4 else elsewhere).joinpath(path.name).symlink_to(path)
+    (data / "B").symlink_to(elsewhere, target_is_directory=True)
+    (data / "B_again").symlink_to(elsewhere, target_is_directory=True)
+    (data / "loop").symlink_to(data, target_is_directory=True)
+    (data / "up").symlink_to(tmp_path, target_is_directory=True)
+    (data / "gone").symlink_to(tmp_path / "nothing_here")
+    return data, elsewhere, {path.stem for path in real}
+
+
+def test_a_symlinked_folder_under_the_input_is_followed_once_and_loops_are_reported(
+        linked_input, tmp_path, caplog):
+    """It was skipped without a word (Beam lists a local folder with os.walk, which does not
+    enter symlinked folders): 4 of the 8 files were left out, exit 0. Expected: every file read
+    once (not twice through ``B_again``, not again and again through the loops), and what was
+    followed or skipped in the run summary and on the console."""
+    data, elsewhere, tracks = linked_input
+    output_dir = tmp_path / "out"
+    caplog.set_level("INFO")
+    summary = features.run(["--input", str(data), "--output_dir", str(output_dir)])
+    outputs = read_outputs(output_dir)
+    assert summary["files_matched"] == 8 and summary["songs_seen"] == 8
+    assert summary["files_reconcile"] and summary["songs_reconcile"]
+    seen = {song["track_id"] for song in outputs["songs"]} | {
+        r["track_id"] for r in outputs["rejected"]}
+    assert seen == tracks
+    assert "duplicate_track_id" not in summary["rejected_by_reason"]
+    assert summary["symlinked_folders"]["followed"] == [
+        {"path": str(data / "B"), "target": str(elsewhere), "files": 4}]
+    skipped = {item["path"]: item["reason"] for item in summary["symlinked_folders"]["skipped"]}
+    assert skipped == {
+        str(data / "B_again"): f"the same folder as {data / 'B'}, read once through that path",
+        str(data / "loop"): f"a loop: it leads back to {data}",
+        str(data / "up"): f"a loop: it leads to {tmp_path}, which holds the input",
+        str(data / "gone"): "a symbolic link to nothing"}
+    assert f"following the symlinked folder {data / 'B'} → {elsewhere} (4 files)" in caplog.text
+    assert f"not following {data / 'loop'} → {data}: a loop" in caplog.text
+
+
+def test_an_input_holding_only_a_symlinked_folder_is_not_refused_as_empty(linked_input,
+                                                                          tmp_path):
+    from pipelines import launcher
+    from transforms import read_msd
+
+    _, elsewhere, _ = linked_input
+    (tmp_path / "only_links").mkdir()
+    (tmp_path / "only_links" / "B").symlink_to(elsewhere, target_is_directory=True)
+    pattern = read_msd.expand_input(str(tmp_path / "only_links"))
+    assert launcher.patterns_matching_nothing([pattern]) == [pattern]  # Beam's listing
+    assert features._matches_through_symlinks(pattern)
+    assert len(list(read_msd.match_pattern(pattern))) == 4
+
+
+@pytest.mark.parametrize("pattern", ["**.h5", "B/D/?/*.h5", "A/A/A/TRAAABD128F429CF47.h5",
+                                     "*/*/[AB]/*", ""])
+def test_matching_without_symlinks_finds_what_beam_finds(pattern):
+    from apache_beam.io.filesystems import FileSystems
+    from transforms import read_msd
+
+    full = f"{sample_data_path('msd', 'data')}/{pattern}"
+    beam = sorted((m.path, m.size_in_bytes) for m in FileSystems.match([full])[0].metadata_list)
+    assert sorted(read_msd.match_pattern(full)) == beam

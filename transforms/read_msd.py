@@ -4,12 +4,12 @@ import concurrent.futures
 import glob
 import logging
 import os
+import re
 import time
-from typing import Iterable, Iterator, Sequence, Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import apache_beam as beam
-from apache_beam.io import fileio
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
 
 from msd import hdf5_reader
@@ -37,6 +37,136 @@ def expand_input(path_or_pattern: str) -> str:
     if is_folder:
         return FileSystems.join(path_or_pattern.rstrip("/"), "**.h5")
     return path_or_pattern
+
+
+# --------------------------------------------------------------------------------------------
+# Matching, with symlinked folders followed
+# --------------------------------------------------------------------------------------------
+# Beam's local file system lists a pattern's folder with os.walk, which does not enter symlinked
+# folders: a folder ``data/B -> /elsewhere/B`` under --input was skipped without a word. Local
+# patterns are matched here instead, with Beam's pattern syntax, following symlinked folders.
+
+
+class SymlinkReport:
+    """What matching did with the symlinked folders it met: ``followed`` (path, target, and how
+    many matched files were found through it) and ``skipped`` (path, target, reason: a loop, a
+    folder already read through another path, a link to nothing, a folder that cannot be
+    listed)."""
+
+    def __init__(self) -> None:
+        self.followed: dict[str, dict] = {}
+        self.skipped: list[dict] = []
+
+    def skip(self, path: str, reason: str) -> None:
+        if not any(item["path"] == path for item in self.skipped):
+            self.skipped.append({"path": path, "target": os.path.realpath(path),
+                                 "reason": reason})
+
+    def as_dict(self) -> dict:
+        return {"followed": [item for item in self.followed.values() if item["files"]],
+                "skipped": self.skipped}
+
+
+def _local_listing_root(pattern: str) -> Optional[str]:
+    """The folder Beam's local file system lists for ``pattern`` (the folder part before the
+    first wildcard); None for a remote pattern, a plain path, or no folder part."""
+    if "://" in pattern:
+        return None
+    if pattern.endswith("/"):
+        pattern += "*"
+    if not any(char in pattern for char in _WILDCARDS):
+        return None
+    return os.path.dirname(re.match(r"^[^[*?]*", pattern).group(0)) or None
+
+
+def _is_below(path: str, folder: str) -> bool:
+    return path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _files_below(root: str, report: Optional[SymlinkReport] = None
+                 ) -> Iterator[tuple[str, Optional[str]]]:
+    """(path, the symlinked folder it was reached through, or None) of every file below
+    ``root``, symlinked folders followed. Every real folder is listed once, so a file reachable
+    by two paths is read once: first its path without links, then the links in name order. A
+    link to a folder already listed, or to a folder holding ``root`` (a loop), is not followed;
+    ``report`` says why."""
+    real_root = os.path.realpath(root)
+    listed: dict[str, str] = {}  # real folder → the path it was listed as
+    plain = collections.deque([(root, None)])  # folders reached without a link: first
+    linked: collections.deque = collections.deque()
+    while plain or linked:
+        folder, via = plain.popleft() if plain else linked.popleft()
+        real = os.path.realpath(folder)
+        if real in listed:
+            first = listed[real]
+            reason = (f"a loop: it leads back to {first}"
+                      if _is_below(folder, first) else
+                      f"the same folder as {first}, read once through that path")
+        elif via == folder and (real == real_root or _is_below(real_root, real)):
+            reason = f"a loop: it leads to {real}, which holds the input"
+        else:
+            reason = None
+        if reason:
+            if report is not None:
+                report.skip(folder, reason)
+            continue
+        listed[real] = folder
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError as error:
+            if report is not None and via is not None:
+                report.skip(folder, f"cannot be listed: {error.strerror or error}")
+            continue
+        for entry in entries:
+            path = os.path.join(folder, entry.name)
+            try:
+                is_folder = entry.is_dir()  # follows a link
+            except OSError:
+                is_folder = False
+            if is_folder and entry.is_symlink():
+                linked.append((path, path))
+            elif is_folder:
+                plain.append((path, via))
+            elif entry.is_symlink() and not os.path.exists(path):
+                if report is not None:
+                    report.skip(path, "a symbolic link to nothing")
+            else:
+                yield path, via
+
+
+def match_pattern(pattern: str, report: Optional[SymlinkReport] = None
+                  ) -> Iterator[tuple[str, int]]:
+    """(path, size in bytes) of the files ``pattern`` matches. A local pattern is matched here
+    with Beam's syntax (``*``, ``**``, ``?``, ``[...]``), symlinked folders followed
+    (``_files_below``); anything else by Beam's file systems."""
+    root = _local_listing_root(pattern)
+    if root is None:
+        for metadata in FileSystems.match([pattern])[0].metadata_list:
+            yield metadata.path, metadata.size_in_bytes
+        return
+    matches = re.compile(FileSystem.translate_pattern(
+        pattern + "*" if pattern.endswith("/") else pattern)).match
+    for path, via in _files_below(root, report):
+        if not matches(path):
+            continue
+        try:
+            size = os.path.getsize(path)
+        except OSError:  # gone since it was listed (as Beam does)
+            continue
+        if report is not None and via is not None:
+            report.followed.setdefault(via, {"path": via, "target": os.path.realpath(via),
+                                             "files": 0})["files"] += 1
+        yield path, size
+
+
+def symlinked_folders(patterns: Iterable[str]) -> dict:
+    """What matching ``patterns`` does with symlinked folders (``SymlinkReport.as_dict``), for
+    the run summary and the console: checked before the job, with the same walk."""
+    report = SymlinkReport()
+    for pattern in patterns:
+        for _ in match_pattern(pattern, report):
+            pass
+    return report.as_dict()
 
 
 class _ProgressLog:
@@ -171,8 +301,8 @@ class ReadMsdSongs(beam.PTransform):
         return (
             pbegin
             | "Patterns" >> beam.Create(self._patterns)
-            | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
-            | "PathAndSize" >> beam.Map(lambda metadata: (metadata.path, metadata.size_in_bytes))
+            # Local symlinked folders are followed (Beam's local listing skips them).
+            | "Match" >> beam.FlatMap(match_pattern)
             # Overlapping patterns must not read a file twice; the grouping also spreads the
             # files over the workers.
             | "DistinctFiles" >> beam.Distinct()
