@@ -132,8 +132,9 @@ def run_summary(counters: dict[str, int], options: FeaturesOptions, patterns: Se
     """The run summary: counts that reconcile, the options used and the duration (and the
     symlinked folders under a local input that were followed or skipped, with why)."""
     get = lambda name: counters.get(name, 0)
-    rejected = {name[len("rejected_"):]: value for name, value in sorted(counters.items())
-                if name.startswith("rejected_")}
+    by_prefix = lambda prefix: {name[len(prefix):]: value for name, value
+                                in sorted(counters.items()) if name.startswith(prefix)}
+    rejected = by_prefix("rejected_")
     return {
         "job": "features",
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -148,6 +149,9 @@ def run_summary(counters: dict[str, int], options: FeaturesOptions, patterns: Se
         "songs_written": get("songs_written"),
         "songs_rejected": get("songs_rejected"),
         "rejected_by_reason": rejected,
+        # Songs written with a missing or nonsensical analysis field stored as unknown, by field
+        # (preprocessing.songs_to_record_batch: song_field_replaced_<field>).
+        "song_fields_replaced": by_prefix("song_field_replaced_"),
         "files_reconcile": get("files_matched") == get("files_parsed") + get("files_rejected"),
         "songs_reconcile": get("songs_seen") == get("songs_written") + get("songs_rejected"),
         "options": {name: value for name, value in options.get_all_options(drop_default=True).items()},
@@ -194,21 +198,44 @@ def _check_output_dir(output_dir: str, overwrite: bool) -> None:
     launcher.delete_tree(leftovers)
 
 
-def publish_outputs(staging: str, output_dir: str) -> None:
-    """Moves every output of a finished run from ``staging`` into ``output_dir``, replacing an
-    earlier run's; the run summary is written after this, so its presence marks a complete set."""
-    summary = FileSystems.join(output_dir, SUMMARY_FILE)
-    if FileSystems.exists(summary):
-        FileSystems.delete([summary])
-    for name in OUTPUT_SUBDIRS:
-        staged = FileSystems.join(staging, name)
-        final = FileSystems.join(output_dir, name)
-        if _exists(staged):
-            launcher.replace_folder(staged, final)
-        else:
-            launcher.delete_tree(final)
-    launcher.delete_tree(staging)
-    launcher.remove_if_empty(FileSystems.join(output_dir, STAGING))
+def publish_outputs(staging: str, output_dir: str, summary: dict) -> None:
+    """Publishes a finished run's outputs from ``staging`` into ``output_dir``, replacing an
+    earlier run's: all or nothing (``launcher.replace_folders``).
+
+    The summary is staged first; then every staged folder replaces its previous version (each
+    previous one moved aside into the staging), the previous run's folders that this run did
+    not write are moved aside too, and ``run_summary.json`` is written over the previous one in
+    one atomic write: the commit point. A failure before or at it puts every folder back, so
+    the previous output stays whole (its summary never left); what was moved aside and the
+    staging are deleted only after it.
+
+    What a concurrent reader can see: locally each folder swap is one rename, so a reader sees
+    each folder whole (or, for an instant, absent: "no feature files match"), but between
+    swaps it may see new folders beside old ones under the previous run_summary.json. The
+    ``features/`` folder, the only one the catalogue reads, moves last, just before the commit:
+    the catalogue always reads one run's whole ``features/``; read in the window between that
+    move and the commit, its rows meet the previous summary, and ``catalogue.check_rows``
+    refuses them when their count is not the summary's (rerun the reader: it then sees the new
+    output whole). On GCS a folder moves object by object: a reader racing the publish can see
+    part of ``features/``, and the same row-count check refuses it (unless the part happens
+    to hold as many rows as the summary it meets says)."""
+    launcher.write_summary(summary, staging, SUMMARY_FILE)
+    with FileSystems.open(FileSystems.join(staging, SUMMARY_FILE)) as handle:
+        summary_bytes = handle.read()
+    # features/ last: the window in which the catalogue's folder is newer than the summary is
+    # the time of one commit write.
+    names = sorted(OUTPUT_SUBDIRS, key=lambda name: name == "features")
+    staged = [name for name in names if _exists(FileSystems.join(staging, name))]
+    launcher.replace_folders(
+        [(FileSystems.join(staging, name), FileSystems.join(output_dir, name)) for name in staged],
+        commit=lambda: launcher.write_atomically(FileSystems.join(output_dir, SUMMARY_FILE),
+                                                 summary_bytes),
+        retire=[(FileSystems.join(output_dir, name),
+                 FileSystems.join(staging, f"{name}.replaced"))
+                for name in names if name not in staged])
+    launcher.after_commit(f"deleting {staging}", lambda: launcher.delete_tree(staging))
+    launcher.after_commit("removing the empty staging folder", lambda: launcher.remove_if_empty(
+        FileSystems.join(output_dir, STAGING)))
 
 
 def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
@@ -314,8 +341,7 @@ def _run(options, features_options, patterns, staging_only, symlinks=None) -> Op
             f"features: --normalization zscore_l2 standardises every dimension over the "
             f"catalogue: over {summary['songs_written']} song(s) every vector is zero; use l2, or "
             f"more songs. Nothing was published (staging left in {staging})")
-    publish_outputs(staging, output_dir)
-    launcher.write_summary(summary, output_dir, SUMMARY_FILE)
+    publish_outputs(staging, output_dir, summary)
     return summary
 
 

@@ -100,13 +100,16 @@ def move_folder(source: str, destination: str) -> None:
 
 
 def replace_folders(pairs: Sequence[tuple[str, str]],
-                    commit: Optional[Callable[[], None]] = None) -> None:
+                    commit: Optional[Callable[[], None]] = None,
+                    retire: Sequence[tuple[str, str]] = ()) -> None:
     """Moves each finished folder ``source`` to its ``destination``, replacing what was there,
     then runs ``commit`` (the one write that makes a publication current, if any): all or
     nothing. A previous ``destination`` is first moved aside to ``<source>.replaced`` (in the
-    run's staging); if a move or ``commit`` fails, every folder is put back (the new ones to
-    staging, the previous ones in place) and the error raised. The previous folders are deleted
-    only after everything succeeded.
+    run's staging); each ``(folder, aside)`` of ``retire`` (a folder of the previous output
+    that the new one no longer has) is moved aside to ``aside`` (in the run's staging) before
+    the commit too. If a move or ``commit`` fails, every folder is put back (the new ones to
+    staging, the previous and retired ones in place) and the error raised. The previous and
+    retired folders are deleted only after everything succeeded.
 
     Locally each move is one rename: ``destination`` is absent for an instant, never partial.
     On GCS a move is object by object: a reader racing it can see part of a folder (reports,
@@ -123,11 +126,15 @@ def replace_folders(pairs: Sequence[tuple[str, str]],
                 move_folder(destination, backup)
             move[3] = 2
             move_folder(source, destination)
+        for folder, aside in retire:
+            if folder_exists(folder):
+                moves.append([None, folder, aside, 1])
+                move_folder(folder, aside)
         if commit:
             commit()
     except BaseException:
         for source, destination, backup, phase in reversed(moves):
-            if phase >= 2 and folder_exists(destination):
+            if phase >= 2 and source and folder_exists(destination):
                 _undo(destination, lambda s=source, d=destination: move_folder(d, s))
             if backup and folder_exists(backup):
                 _undo(destination, lambda d=destination, b=backup: move_folder(b, d))
@@ -176,10 +183,12 @@ def patterns_matching_nothing(patterns: Iterable[str]) -> list[str]:
 
 
 def unreadable_inputs(patterns: Iterable[str], allow_folders: bool = False) -> list[str]:
-    """Local inputs that are not regular files, each with what it is: a pipe, device or socket
-    has no size to split into ranges (Beam would read it as empty, or a device without end),
-    and a folder is not a listening file. Patterns (glob characters) and gs:// paths are
-    checked by matching instead."""
+    """Inputs that cannot be read whole, each with what it is: local inputs that are not
+    regular files (a pipe, device or socket has no size to split into ranges: Beam would read
+    it as empty, or a device without end; a folder is not a listening file), and compressed
+    files, local or gs://, that do not decompress to their end (``damaged_compressed_inputs``).
+    Patterns (glob characters) and gs:// paths are checked by matching instead."""
+    patterns = list(patterns)
     problems = []
     for pattern in patterns:
         if "://" in pattern or any(char in pattern for char in "*?["):
@@ -199,6 +208,41 @@ def unreadable_inputs(patterns: Iterable[str], allow_folders: bool = False) -> l
             problems.append(f"{pattern} is {kind}, not a regular file: its size is unknown, so it "
                             "cannot be read in parallel, bounded or checked; write it to a file "
                             "first")
+    return problems + damaged_compressed_inputs(patterns)
+
+
+def damaged_compressed_inputs(patterns: Iterable[str]) -> list[str]:
+    """The compressed files (.gz, .bz2, .xz, by name) matched by ``patterns``, local or gs://,
+    that are cut or corrupt, each as ``<path>: <cause>``. Each is decompressed once to its end
+    before the job (``msd.listening.verify_compressed``, the reader the jobs use): Beam's own
+    reader stops without a word where a cut .gz ends, and the job's reader, which notices, can
+    only dead-letter the file once the job runs (the run would then publish an output without
+    its lines). The cost is one decompression pass (≈ 10 ms for the 2.6 MB sample of
+    train_triplets, ≈ 280 MB of text a second: ≈ 11 s for the whole 3 GB file)."""
+    from msd import listening
+
+    problems, seen = [], set()
+    for pattern in patterns:
+        if "://" not in pattern and not any(char in pattern for char in "*?["):
+            paths = [pattern] if os.path.isfile(pattern) else []
+        else:
+            try:
+                paths = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+            except Exception:  # noqa: BLE001 - matches nothing: patterns_matching_nothing says so
+                paths = []
+        for path in paths:
+            compression = listening.compression_of(path)
+            if compression not in listening.VERIFIED_COMPRESSIONS or path in seen:
+                continue
+            seen.add(path)
+            try:
+                listening.verify_compressed(path, compression)
+            except listening.CompressedFileError as error:
+                problems.append(f"{path}: cannot be read to its end: "
+                                f"{error.detail.split('; ', 1)[0]} ({error.lines:,} complete "
+                                "lines before that); nothing was read")
+            except OSError as error:
+                problems.append(f"{path}: cannot be read: {error.strerror or error}")
     return problems
 
 

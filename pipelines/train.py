@@ -403,7 +403,32 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
             if empty:
                 raise SystemExit(f"train: --{flag}: no file matches {', '.join(empty)}")
         _check_output_dir(output_dir, train_options.overwrite)
-        launcher.delete_tree(FileSystems.join(output_dir, STAGING))
+    # One run per model directory at a time: a second would delete the first's live staging
+    # and publish over it. The lock lives in the staging folder (the product's own).
+    lock = None if staging_only else launcher.RunLock(
+        FileSystems.join(output_dir, STAGING, LOCK_FILE), "train", options).acquire()
+    try:
+        return _run(options, train_options, output_dir, staging_only)
+    finally:
+        if lock:  # never raises: a failure here must not hide the run's own outcome
+            lock.release()
+            for folder in (FileSystems.join(output_dir, STAGING), output_dir):
+                try:
+                    launcher.remove_if_empty(folder)
+                except OSError as error:
+                    logging.warning("train: could not remove the empty %s: %s", folder, error)
+
+
+LOCK_FILE = "_train.lock"
+
+
+def _run(options, train_options, output_dir: str, staging_only: bool) -> Optional[dict]:
+    """The job and the publication, under the run's lock."""
+    if not staging_only:  # what a killed run left in the staging (not the lock)
+        staging_root = FileSystems.join(output_dir, STAGING)
+        for name in launcher.child_names(staging_root):
+            if name != LOCK_FILE:
+                launcher.delete_matching(FileSystems.join(staging_root, name))
     version = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + \
         uuid.uuid4().hex[:8]
     staging = FileSystems.join(output_dir, STAGING, version)

@@ -33,6 +33,11 @@ The queries that read one run take ``run_date`` and ``model`` (both required: th
 several models per day, and a query about one never sees another's rows); ``runs`` lists the
 (run_date, model) partitions.
 """
+from pipelines import cli
+
+if __name__ == "__main__":  # before anything imports TensorFlow or Beam
+    cli.quiet_native_logs()
+
 import argparse
 import csv
 import dataclasses
@@ -721,7 +726,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, debug: bool = False) -> int:
+    """The command line: 0 on success, 1 with one line ``query: error: …`` on an expected
+    failure (a bad query or parameter, a missing file, a corrupt Parquet file DuckDB cannot
+    read), 2 for bad usage. Started by ``cli.run_main`` (``python -m recommend.query``): any
+    other failure ends with one line too, and ``debug`` (``--debug``) shows the tracebacks."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -777,11 +786,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as error:  # DuckDB's (a corrupt Parquet file, a bad table) and the rest
         import duckdb
 
-        if not isinstance(error, duckdb.Error) or "--debug" in sys.argv:
-            raise
+        if not isinstance(error, duckdb.Error) or debug:
+            raise  # cli.run_main: one line, or the traceback with --debug
         print(f"query: error: DuckDB: {str(error).splitlines()[0]}", file=sys.stderr)
         return 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _debug = cli.debugging()  # run_main takes --debug out of sys.argv
+    cli.run_main("query", lambda: main(debug=_debug))

@@ -1,6 +1,7 @@
 """A failed run publishes nothing (issue 14, item 2), tested by failing every write in turn.
 
-For the recommendation job (local Parquet output) and the training job (a model directory):
+For the recommendation job (local Parquet output), the training job (a model directory) and
+the feature job (an output folder of subfolders committed by its ``run_summary.json``):
 
 1. one run over an existing good output records every mutating file-system call the product
    makes in this process outside the Beam pipeline: the launcher's checks and lock before the
@@ -12,7 +13,8 @@ For the recommendation job (local Parquet output) and the training job (a model 
 2. for each recorded call i, the job runs again with call i raising ``OSError(ENOSPC)``: the
    run must fail and leave the previous output exactly as it was (every byte, no file more or
    less outside ``_staging``; readers: ``launcher.partition_files``, ``recommend.query runs``,
-   the report's run summary; ``model.json``, its version folder, the model loads) — or, for a
+   the report's run summary; ``model.json``, its version folder, the model loads; the feature
+   catalogue and its run summary) — or, for a
    call after the commit point (deleting the previous version, the staging folder), succeed
    with the new output complete and current;
 3. a clean run afterwards succeeds and leaves nothing behind (no ``_staging``, no temporary
@@ -24,6 +26,7 @@ follows is the real one). One more case per job fails a write inside the pipelin
 shard, a model array) in a real run.
 """
 import builtins
+import contextlib
 import errno
 import io
 import json
@@ -36,7 +39,8 @@ import apache_beam as beam
 import numpy as np
 import pytest
 
-from pipelines import launcher, recommend, train
+from pipelines import features, launcher, recommend, train
+from recommend import catalogue as catalogue_lib
 from recommend import models
 from recommend import query as query_lib
 from recommend.models import base as model_base
@@ -156,6 +160,11 @@ class _WriteOnce:
         return getattr(self._handle, name)
 
 
+def glob_files(folder: str, suffix: str) -> list[str]:
+    return sorted(os.path.join(d, name) for d, _, names in os.walk(folder) for name in names
+                  if name.endswith(suffix))
+
+
 class ReplayedPipeline:
     """Runs a job's Beam pipeline once for real and keeps what it staged; later runs copy that
     into their own staging instead of running the pipeline (``beam.Pipeline.run`` returns at
@@ -197,6 +206,18 @@ class ReplayedPipeline:
         monkeypatch.setattr(self.module, "build_pipeline", capture)
         monkeypatch.setattr(beam.Pipeline, "run", replay)
         monkeypatch.setattr(launcher, "counter_totals", counters)
+
+
+@contextlib.contextmanager
+def replayed_job(module, output: str, staging_of, cache: str):
+    """The injector (watching ``output``) and the replayed pipeline of one job, installed for
+    the cases of a module-scoped fixture: yields (injector, replayed, monkeypatch)."""
+    with pytest.MonkeyPatch.context() as patch:
+        injector = FaultInjector(output)
+        injector.install(patch)
+        replayed = ReplayedPipeline(module, staging_of, cache)
+        replayed.install(patch, injector)
+        yield injector, replayed, patch
 
 
 class _FinishedResult:
@@ -299,6 +320,10 @@ def every_write_fails_in_turn(job: str, injector: FaultInjector, run, checks,
     """Records the calls of one run over the good output, then fails each in turn
     (``inject_each``) and reports every point and every problem."""
     remember, check_failed, check_published, check_clean = checks
+    # Once first: the output is then as every later run finds it (a training run over a model
+    # of two versions also deletes the older one, which the run over the first model has not
+    # to do): the recorded calls are those of each run below, in the same order.
+    run()
     remember()
     injector.calls, injector.recording = [], True
     try:
@@ -429,11 +454,8 @@ def test_a_write_failing_inside_the_recommendation_pipeline_publishes_nothing(
 def train_job(synthetic_sample, tmp_path_factory):
     root = tmp_path_factory.mktemp("fault_train")
     output = str(root / "model")
-    with pytest.MonkeyPatch.context() as patch:
-        injector = FaultInjector(output)
-        injector.install(patch)
-        replayed = ReplayedPipeline(train, lambda a: a[2], str(root / "staged_once"))
-        replayed.install(patch, injector)
+    with replayed_job(train, output, lambda a: a[2], str(root / "staged_once")) as (
+            injector, replayed, _):
         args = ["--listens", synthetic_sample.triplets_path, "--output_dir", output, "--top_m", "5"]
         train.run(args)  # the real pipeline: the previous model of every case below
         yield output, args + ["--overwrite"], injector, replayed
@@ -488,3 +510,142 @@ def test_a_write_failing_inside_the_training_pipeline_publishes_nothing(train_jo
     output, args, injector, replayed = train_job
     a_write_inside_the_pipeline_fails(injector, replayed, lambda: train.run(args),
                                       train_checks(output), ".npy", monkeypatch)
+
+
+# -- the feature job -----------------------------------------------------------------------------
+
+RETIRED = "csv"  # a format the previous run wrote and the new runs no longer do
+
+
+@pytest.fixture(scope="module")
+def features_job(synthetic_sample, tmp_path_factory):
+    """A good feature output over six synthetic songs, the pipeline's staged output kept
+    without its ``csv/`` (the new runs no longer write that format: publishing must move the
+    previous one aside before the commit and delete it after), and the injector installed."""
+    root = tmp_path_factory.mktemp("fault_features")
+    tiny = root / "input"
+    for path in glob_files(synthetic_sample.data_dir, ".h5")[:6]:
+        tiny.mkdir(exist_ok=True)
+        shutil.copy(path, tiny / os.path.basename(path))
+    output = str(root / "out")
+    with replayed_job(features, output, lambda a: a[4], str(root / "staged_once")) as (
+            injector, replayed, _):
+        args = ["--input", str(tiny), "--output_dir", output, "--overwrite"]
+        features.run(args)  # the real pipeline: the previous output of every case below
+        shutil.copytree(os.path.join(output, RETIRED), str(root / "retired"))
+        shutil.rmtree(os.path.join(replayed.cache, RETIRED))
+        yield output, args, injector, replayed, str(root / "retired")
+
+
+def features_checks(output: str, retired_copy: str):
+    state = {}
+
+    def readers() -> tuple:
+        with builtins.open(os.path.join(output, features.SUMMARY_FILE), "rb") as handle:
+            summary = handle.read()
+        catalogue = catalogue_lib.load_catalogue(output)
+        return tuple(catalogue.track_ids), catalogue.features.tobytes(), summary
+
+    def remember():
+        # The previous output always holds the retired format (restored after a run that
+        # published without it), so that every run has it to move aside.
+        if not os.path.isdir(os.path.join(output, RETIRED)):
+            shutil.copytree(retired_copy, os.path.join(output, RETIRED))
+        state["files"], state["readers"] = snapshot(output), readers()
+
+    def check_failed():
+        problems = previous_output_kept(output, state, readers)
+        if os.path.exists(os.path.join(output, features.LOCK_FILE)):
+            problems.append("the lock was left behind")
+        return problems
+
+    def check_published():
+        try:
+            track_ids, _, summary = readers()
+        except Exception as error:  # noqa: BLE001
+            return [f"readers fail: {error!r}"]
+        problems = []
+        if os.path.isdir(os.path.join(output, RETIRED)):
+            problems.append(f"the previous run's {RETIRED}/ stays beside the new output")
+        if json.loads(summary)["songs_written"] != len(track_ids):
+            problems.append("the run summary does not match the rows")
+        return problems
+
+    def check_clean():
+        names = sorted(os.listdir(output))
+        expected = sorted(set(features.OUTPUT_SUBDIRS) - {RETIRED} | {features.SUMMARY_FILE})
+        return [] if names == expected else [f"the output holds {names}"]
+
+    return remember, check_failed, check_published, check_clean
+
+
+def test_every_write_of_a_feature_run_fails_in_turn(features_job):
+    """Every write of the publish phase (staging the summary, moving each folder aside and in,
+    moving the retired csv/ aside, the commit: run_summary.json written atomically, deleting
+    what was replaced and the staging) and of the checks and lock before it fails in turn."""
+    output, args, injector, _, retired_copy = features_job
+    every_write_fails_in_turn("features", injector, lambda: features.run(args),
+                              features_checks(output, retired_copy), "run_summary.json")
+
+
+def test_a_catalogue_read_during_a_feature_publish_sees_one_run_whole_or_is_refused(
+        features_job, monkeypatch):
+    """A reader of the feature folder racing a publish (here: after every folder move and at
+    the commit) that replaces 6 songs by 5: it reads the previous catalogue whole, the new one
+    whole, or is refused by the catalogue's checks (features/ absent for an instant, or the new
+    rows under the previous run_summary.json: the row count does not match) — never a mix."""
+    import tensorflow as tf
+
+    output, args, _, replayed, retired_copy = features_job
+    remember, *_ = features_checks(output, retired_copy)
+    remember()
+    before = catalogue_lib.load_catalogue(output)
+    # The next run's staged output: one song fewer (its rows and its counters).
+    smaller = replayed.cache + "_smaller"
+    if not os.path.isdir(smaller):
+        shutil.copytree(replayed.cache, smaller)
+        (shard,) = glob_files(os.path.join(smaller, "features"), ".tfrecord.gz")
+        records = list(catalogue_lib.tfrecord_records(shard))
+        with tf.io.TFRecordWriter(shard, options="GZIP") as writer:
+            for record in records[1:]:
+                writer.write(record)
+    monkeypatch.setattr(replayed, "cache", smaller)
+    counters = dict(replayed.counters)
+    counters["songs_seen"] -= 1
+    counters["songs_written"] -= 1
+    monkeypatch.setattr(replayed, "counters", counters)
+    seen = []
+
+    def read_catalogue(what):
+        try:
+            catalogue = catalogue_lib.load_catalogue(output)
+        except catalogue_lib.CatalogueError as error:
+            seen.append((what, "refused", str(error)))
+            return
+        ids = list(catalogue.track_ids)
+        seen.append((what, "previous" if ids == list(before.track_ids) else "new"
+                     if len(ids) == len(before) - 1 and set(ids) < set(before.track_ids)
+                     else f"a mix of {len(ids)} rows", ""))
+
+    move, commit = launcher.move_folder, launcher.write_atomically
+
+    def moved(source, destination):
+        move(source, destination)
+        read_catalogue(f"after moving {os.path.relpath(source, output)}")
+
+    def committed(path, data):
+        commit(path, data)
+        read_catalogue("after the commit")
+
+    monkeypatch.setattr(launcher, "move_folder", moved)
+    monkeypatch.setattr(launcher, "write_atomically", committed)
+    features.run(args)
+    outcomes = {outcome for _, outcome, _ in seen}
+    assert outcomes <= {"previous", "new", "refused"}, seen
+    assert seen[-1][1] == "new" and len(catalogue_lib.load_catalogue(output)) == len(before) - 1
+    print("\n".join(f"{what}: {outcome} {detail[:90]}" for what, outcome, detail in seen))
+    refused = [detail for _, outcome, detail in seen if outcome == "refused"]
+    assert any("run_summary.json says 6" in detail for detail in refused), seen
+    monkeypatch.undo()
+    features.run(args)  # back to the six songs for any later case
+    remember()

@@ -5,6 +5,7 @@ import dataclasses
 import glob
 import json
 import os
+import shutil
 
 import apache_beam as beam
 import numpy as np
@@ -365,6 +366,41 @@ def write_old_format_copy(new_dir, old_dir):
         pq_.write_table(table.drop_columns(list(NEW_SONG_FIELDS)), old_dir / "songs" / path.name)
 
 
+def edited_rick_astley(real_msd_dir, folder, **analysis_fields):
+    """A copy of Rick Astley's file in ``folder``, under ``EDITED_TRACK`` and another song id,
+    with the analysis fields given."""
+    import h5py
+
+    edited = folder / f"{EDITED_TRACK}.h5"
+    folder.mkdir(parents=True, exist_ok=True)
+    edited.write_bytes((real_msd_dir / RICK_ASTLEY).read_bytes())
+    with h5py.File(edited, "r+") as h5:
+        analysis = h5["analysis/songs"][()]
+        analysis["track_id"] = EDITED_TRACK.encode()
+        for name, value in analysis_fields.items():
+            analysis[name] = value
+        h5["analysis/songs"][...] = analysis
+        metadata = h5["metadata/songs"][()]
+        metadata["song_id"] = b"SOZZZZZ12A58A776AF"
+        h5["metadata/songs"][...] = metadata
+    return edited
+
+
+def test_replaced_song_fields_are_counted_in_the_run_summary(real_msd_dir, tmp_path):
+    """A file whose tempo makes no sense (-120 BPM): the song is written with its tempo stored
+    as unknown, and the run summary counts it (``song_fields_replaced``, from the counters
+    ``song_field_replaced_<field>``). The MSD's own tempo 0 ("none found") is not counted."""
+    edited = edited_rick_astley(real_msd_dir, tmp_path / "in", tempo=-120.0)
+    shutil.copy(real_msd_dir / "B/D/X/TRBDXOD128F422C47B.h5", edited.parent)  # tempo 0
+    shutil.copy(real_msd_dir / RICK_ASTLEY, edited.parent)  # tempo 113.359
+    summary = features.run(["--input", str(edited.parent), "--output_dir", str(tmp_path / "out"),
+                            "--min_segments", "2"])
+    assert summary["songs_written"] == 3
+    assert summary["song_fields_replaced"] == {"tempo": 1}
+    with open(tmp_path / "out" / "run_summary.json") as handle:
+        assert json.load(handle)["song_fields_replaced"] == {"tempo": 1}
+
+
 def test_song_fields_reach_every_output_and_old_folders_still_read(real_msd_dir, tmp_path):
     import h5py
 
@@ -375,22 +411,13 @@ def test_song_fields_reach_every_output_and_old_folders_still_read(real_msd_dir,
 
     # A copy of Rick Astley's file under another track and song id whose analysis fields make
     # no sense: its song is written (its timbre is fine) with the fields stored as unknown.
-    edited = tmp_path / "edited" / f"{EDITED_TRACK}.h5"
-    edited.parent.mkdir()
-    edited.write_bytes((real_msd_dir / RICK_ASTLEY).read_bytes())
-    with h5py.File(edited, "r+") as h5:
-        analysis = h5["analysis/songs"][()]
-        analysis["track_id"] = EDITED_TRACK.encode()
-        analysis["loudness"], analysis["tempo"] = np.nan, -120.0
-        analysis["key"], analysis["mode"], analysis["time_signature"] = 12, 2, -1
-        h5["analysis/songs"][...] = analysis
-        metadata = h5["metadata/songs"][()]
-        metadata["song_id"] = b"SOZZZZZ12A58A776AF"
-        h5["metadata/songs"][...] = metadata
+    edited = edited_rick_astley(real_msd_dir, tmp_path / "edited", loudness=np.nan,
+                                tempo=-120.0, key=12, mode=2, time_signature=-1)
     output_dir = tmp_path / "out"
     summary = features.run(["--input", str(real_msd_dir), "--input", str(edited.parent),
                             "--output_dir", str(output_dir)])
     assert (summary["songs_seen"], summary["songs_written"], summary["songs_rejected"]) == (9, 8, 1)
+    assert summary["song_fields_replaced"] == {name: 1 for name in NEW_SONG_FIELDS}
     examples, header, csv_rows, songs, _, _ = read_outputs(output_dir)
 
     expected = {}  # track id → the analysis row read directly with h5py

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import recommend
+from pipelines import recommend, train
 
 RUN_DATE = "2026-11-24"
 K = 5
@@ -300,50 +300,88 @@ def test_good_users_get_exactly_the_brute_force_answer(run):
         assert rows[user_id]["history_size"] == len(listened)
 
 
-def test_a_truncated_gzip_listens_file_is_reported_not_silently_cut(run, tmp_path):
-    """A listens file cut short in transfer (a .gz without its end: 5,000 lines, half the
-    compressed bytes). Beam's decompressor stops at the cut without an error, so today the
-    job succeeds with ~1,660 of the 5,000 listens, the cut line dead-lettered as
-    ``wrong_field_count`` and the other ~3,340 gone without a trace (the counts reconcile
-    with what was read). Expected: the job stops with a message naming the file
-    (SystemExit), or the file is a dead letter with a reason that says it is truncated."""
+def damaged_gzip(path: pathlib.Path, damage: str, lines: list[str]) -> pathlib.Path:
+    """``lines`` gzipped into ``path``, then cut in half (``truncated``: a transfer that
+    stopped) or with its data checksum damaged (``corrupt``: every byte is there, and
+    decompresses, but not to what was compressed)."""
+    whole = gzip.compress(("\n".join(lines) + "\n").encode())
+    if damage == "truncated":
+        path.write_bytes(whole[: len(whole) // 2])
+    else:
+        crc = bytes(byte ^ 0xFF for byte in whole[-8:-4])
+        path.write_bytes(whole[:-8] + crc + whole[-4:])
+    return path
+
+
+CAUSES = {"truncated": "ends before its end-of-stream marker", "corrupt": "not readable as gzip"}
+
+
+def every_file(root: pathlib.Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None
+            for p in sorted(root.rglob("*"))}
+
+
+def refused_naming(run_job, path, damage: str) -> str:
+    with pytest.raises(SystemExit) as stopped:
+        run_job()
+    message = str(stopped.value)
+    assert str(path) in message and CAUSES[damage] in message, message
+    assert "\n" not in message and "nothing was read" in message
+    return message
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+@pytest.mark.parametrize("flag", ["listens", "users", "song_to_tracks"])
+def test_a_damaged_gzip_input_stops_the_recommendation_run_and_publishes_nothing(
+        run, tmp_path, flag, damage):
+    """A listens, --users or --song_to_tracks file cut short in transfer (a .gz without its
+    end: 5,000 lines, half the compressed bytes) or corrupt. Beam's decompressor stops at the
+    cut without an error, so the job used to publish a partition without the file's users
+    ("0 users written" when it was the only file). The launcher decompresses every compressed input to
+    its end before the job: the run stops with one line naming the file and the cause, and
+    the previous partition and report stay as they were, byte for byte."""
+    corpus, output = run["corpus"], run["output"]
+    users = [user(1000 + i) for i in range(5000)]
+    lines = {"users": users,
+             "song_to_tracks": [f"{s}\t{t}" for s, t in zip(corpus.song_ids, corpus.track_ids)]
+             * 125}.get(flag, [f"{u}\t{corpus.song(i % NUM_SONGS)}\t1"
+                               for i, u in enumerate(users)])
+    broken = damaged_gzip(tmp_path / f"{flag}.txt.gz", damage, lines)
+    before = every_file(output)
+    inputs = {"listens": [str(corpus.triplets), str(corpus.csv), str(corpus.gz)],
+              "users": [str(corpus.users)], "song_to_tracks": []}
+    inputs[flag][-1:] = [str(broken)]
+    message = refused_naming(lambda: recommend.run(
+        ["--features", str(corpus.root / "features/csv/part-*.csv")]
+        + [f"--{name}={path}" for name, paths in inputs.items() for path in paths]
+        + ["--output", str(output), "--k", str(K), "--run_date", RUN_DATE]), broken, damage)
+    assert message.startswith(f"recommend: --{flag}: ")
+    assert every_file(output) == before
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_a_damaged_gzip_input_stops_the_training_run_and_keeps_the_previous_model(
+        run, tmp_path, damage):
+    """The same for the training job, over a pattern matching a good and a damaged file: the
+    run stops naming the damaged one, the previous model is untouched."""
+    from recommend.models import base as model_base
+    from tests.test_train_pipeline import ReverseIdModel
+
     corpus = run["corpus"]
-    broken = tmp_path / "cut.txt.gz"
-    whole = gzip.compress(("\n".join(f"{user(1)}\t{corpus.song(i % NUM_SONGS)}\t1"
-                                      for i in range(5000)) + "\n").encode())
-    broken.write_bytes(whole[: len(whole) // 2])
-    output = tmp_path / "out"
-    try:
-        summary = recommend.run([
-            "--features", str(corpus.root / "features/csv/part-*.csv"),
-            "--listens", str(corpus.csv), "--listens", str(broken),
-            "--output", str(output), "--k", str(K), "--run_date", RUN_DATE])
-    except SystemExit as stop:
-        assert str(broken) in str(stop), f"the message does not name the file: {stop}"
-        assert not (output / f"run_date={RUN_DATE}").exists()
-        return
-    except Exception as error:  # noqa: BLE001 - this is what the test is about
-        pytest.fail(f"a truncated .gz listens file ends the job with {type(error).__name__} "
-                    f"from inside a library: {str(error)[:300]}")
-    rejected = [json.loads(line) for path in
-                (output / "_reports" / f"run_date={RUN_DATE}" / "model=timbre_cosine").glob("rejected/*.jsonl")
-                for line in open(path)]
-    about_file = [r for r in rejected if r["source"] == str(broken)]
-    assert [r["reason"] for r in about_file] == ["truncated_file"], (
-        f"the truncated file was read as far as it goes and the job succeeded; dead letters "
-        f"for it: {about_file}")
-    # Rejected whole: none of its listens are used, and the counts say so and reconcile.
-    (letter,) = about_file
-    assert "none of its lines are used" in letter["detail"]
-    assert summary["listen_files_matched"] == 2 and summary["listen_files_read"] == 1
-    assert summary["listen_files_rejected_by_reason"] == {"truncated_file": 1}
-    readable = summary["listen_lines_in_rejected_files"]
-    assert 0 < readable < 5000 and f"{readable:,} complete lines" in letter["detail"]
-    assert summary["listens_reconcile"]
-    assert summary["listen_lines_read"] == 6  # the CSV copy's lines only
-    assert summary["listens_rejected_by_reason"] == {"wrong_field_count": 1}
-    assert user(1) not in {r["user_id"] for r in pq.read_table(
-        output / f"run_date={RUN_DATE}" / "model=timbre_cosine").to_pylist()}
+    model_dir = tmp_path / "model"
+    model_base.save_model(ReverseIdModel(np.array(sorted(corpus.song_ids), dtype=object)),
+                          str(model_dir))
+    folder = tmp_path / "listens"
+    folder.mkdir()
+    (folder / "good.txt.gz").write_bytes(corpus.gz.read_bytes())
+    broken = damaged_gzip(folder / "cut.txt.gz", damage,
+                          [f"{user(1)}\t{corpus.song(i % NUM_SONGS)}\t1" for i in range(5000)])
+    before = every_file(model_dir)
+    message = refused_naming(lambda: train.run(
+        ["--listens", str(folder / "*.txt.gz"), "--output_dir", str(model_dir), "--overwrite"]),
+        broken, damage)
+    assert message.startswith("train: --listens: ") and "good.txt.gz" not in message
+    assert every_file(model_dir) == before
 
 
 def test_a_compressed_listens_pattern_that_matches_nothing_stops_the_job_naming_it(run, tmp_path):
@@ -354,3 +392,27 @@ def test_a_compressed_listens_pattern_that_matches_nothing_stops_the_job_naming_
                        "--listens", str(corpus.csv), "--listens", missing,
                        "--output", str(tmp_path / "out"), "--k", str(K), "--run_date", RUN_DATE])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_damaged_gzip_listens_file_on_gcs_stops_the_run_before_the_job(run, gcs, tmp_path):
+    """The same check on gs:// (read through Beam's file systems, a pattern matched there):
+    the damaged object is named, the good one beside it is not, nothing is written."""
+    import uuid
+
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    corpus = run["corpus"]
+    folder = gcs.url(f"listens-{uuid.uuid4().hex[:8]}")
+    broken = damaged_gzip(tmp_path / "cut.txt.gz", "truncated",
+                          [f"{user(1)}\t{corpus.song(i % NUM_SONGS)}\t1" for i in range(5000)])
+    for local in (corpus.gz, broken):
+        with FileSystems.create(f"{folder}/{local.name}",
+                                compression_type=CompressionTypes.UNCOMPRESSED) as out:
+            out.write(local.read_bytes())
+    output = tmp_path / "out"
+    message = refused_naming(lambda: recommend.run(
+        ["--features", str(corpus.root / "features/csv/part-*.csv"),
+         "--listens", f"{folder}/*.txt.gz", "--output", str(output), "--k", str(K),
+         "--run_date", RUN_DATE]), f"{folder}/cut.txt.gz", "truncated")
+    assert "more.txt.gz" not in message and not output.exists()

@@ -4,6 +4,7 @@ import collections
 import datetime
 import hashlib
 import json
+import os
 import random
 
 import pyarrow as pa
@@ -771,3 +772,38 @@ def test_a_corrupt_parquet_file_is_one_line_not_a_duckdb_traceback(tmp_path, cap
     err = capsys.readouterr().err
     assert err.startswith("query: error: DuckDB: ") and "part-0.parquet" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_the_cli_goes_through_run_main_one_line_own_temp_folder_and_debug(tmp_path):
+    """``python -m recommend.query`` starts like every other CLI (``cli.run_main``): an
+    expected failure is one line and exit status 1, ``--debug`` shows the traceback, success
+    is 0 and bad usage 2, and the run's own temporary folder is gone at exit (``--debug``
+    keeps it and says where)."""
+    import subprocess
+    import sys
+
+    from tests import conftest
+
+    partition = tmp_path / "out" / "run_date=2026-01-01" / "model=m"
+    partition.mkdir(parents=True)
+    (partition / "part-0.parquet").write_bytes(b"not parquet")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp)}
+
+    def cli(*args):
+        done = subprocess.run([sys.executable, "-m", "recommend.query", *args], env=env,
+                              capture_output=True, text=True, cwd=str(conftest.REPO), timeout=120)
+        return done.returncode, done.stdout, done.stderr
+
+    code, out, err = cli("runs", "--recommendations", str(tmp_path / "out"))
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("query: error: DuckDB: ") and "part-0.parquet" in err
+    assert os.listdir(temp) == []
+    code, out, _ = cli("--list")
+    assert code == 0 and "top_songs" in out and os.listdir(temp) == []
+    code, _, err = cli("runs", "--no_such_flag")
+    assert code == 2 and "unrecognized arguments: --no_such_flag" in err
+    code, _, err = cli("runs", "--recommendations", str(tmp_path / "out"), "--debug")
+    assert code == 1 and "Traceback" in err and "part-0.parquet" in err
+    assert "--debug: temporary files kept in" in err

@@ -2,6 +2,9 @@
 real Taste Profile listening data, per-model partitions, a toy model plugged into the seam,
 songs with several tracks, and the Dataflow graph of the training job."""
 import json
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -92,6 +95,38 @@ def test_an_output_dir_holding_the_users_files_is_refused(synthetic_sample, tmp_
     with pytest.raises(SystemExit, match=r"holds files this product did not write \(notes.txt\)"):
         train.run(["--listens", synthetic_sample.triplets_path, "--output_dir", str(mine)])
     assert (mine / "notes.txt").read_text() == "mine"
+
+
+def test_a_second_training_run_on_one_output_dir_is_refused_while_the_first_holds_it(tmp_path):
+    """Two training runs on one --output_dir: the second would delete the first's live staging
+    and publish over it. A run holds ``_staging/_train.lock`` (made atomically, naming its
+    process): while that process lives, a second run is refused naming it and touches nothing;
+    once it is gone, the next run takes the lock over, publishes and leaves no staging."""
+    listens = tmp_path / "listens.txt"
+    listens.write_text("".join(f"{c * 40}\tSOAAAAAAAAAAAAAAAA\t1\n{c * 40}\tSOBBBBBBBBBBBBBBBB\t2\n"
+                               for c in "abc"))
+    output = tmp_path / "m"
+    first_staging = output / train.STAGING / "20261130T000000Z-0123abcd"
+    first_staging.mkdir(parents=True)
+    (first_staging / "songs.txt").write_text("the first run's live staging\n")
+    lock = output / train.STAGING / train.LOCK_FILE
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        lock.write_text(json.dumps({"job": "train", "host": socket.gethostname(),
+                                    "pid": holder.pid, "token": "first",
+                                    "started": "2026-11-30T00:00:00Z"}))
+        args = ["--listens", str(listens), "--output_dir", str(output)]
+        with pytest.raises(SystemExit, match=rf"train: another run holds {lock} \(pid "
+                                             rf"{holder.pid} on .*started 2026-11-30T00:00:00Z"):
+            train.run(args)
+        assert json.loads(lock.read_text())["token"] == "first"
+        assert (first_staging / "songs.txt").exists() and not (output / "model.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    summary = train.run(args)  # the holder is gone: its lock is taken over
+    assert summary["users_in_model"] == 3 and (output / "model.json").exists()
+    assert sorted(p.name for p in output.iterdir()) == ["model.json", f"v-{summary['version']}"]
 
 
 def test_every_used_listen_is_in_the_model_or_a_dead_letter(tmp_path):

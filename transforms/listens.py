@@ -102,6 +102,9 @@ class ReadListensFileFn(beam.DoFn):
     of its lines are parsed, and the rejection says how many lines were readable. Half a file
     would silently bias the users in it (their histories cut at an arbitrary line), and lines
     emitted downstream cannot be taken back, so no line leaves before the end is reached.
+    The launchers (``launcher.unreadable_inputs``) decompress every compressed input to its end
+    before the job and refuse the run when one is damaged, so this dead letter is only met by a
+    file damaged after that check (or by a job started without the launcher).
 
     Memory stays bounded: a file of up to ``buffer_bytes`` decompressed is read once and kept
     while it is checked; a larger one is read twice, a first streaming pass that only counts
