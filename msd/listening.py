@@ -546,6 +546,12 @@ class CompressedFileError(Exception):
         self.path, self.reason, self.detail = path, reason, detail
         self.lines, self.decompressed_bytes = lines, decompressed_bytes
 
+    @property
+    def cause(self) -> str:
+        """What is wrong with the file, without the dead letter's consequences (for an
+        error message)."""
+        return self.detail.split("; ", 1)[0]
+
     def rejection(self) -> Rejection:
         return Rejection(reason=self.reason, detail=self.detail, source=self.path)
 
@@ -694,7 +700,7 @@ def range_lines(stream, start: int, stop: int) -> Iterator[bytes]:
         yield line
 
 
-def _file_lines(path: str) -> Iterator[bytes]:
+def file_lines(path: str) -> Iterator[bytes]:
     """The lines of a local or gs:// file as bytes, with their line ends (compression
     detected from the name). A compressed file that turns out cut or corrupt raises
     ``CompressedFileError`` at its end, so a side file is never half-read silently."""
@@ -723,29 +729,29 @@ def _file_lines(path: str) -> Iterator[bytes]:
 def read_listens(path: str, **options: Any) -> list[Union[Listen, Rejection]]:
     """All the Listens and Rejections of one listens file (see ``parse_listen_lines``); for
     local tools and tests: in a pipeline, read with Beam and call ``parse_listen_line``."""
-    return list(parse_listen_lines(_file_lines(path), source=path, **options))
+    return list(parse_listen_lines(file_lines(path), source=path, **options))
 
 
 def read_kaggle_users(path: str, **options: Any) -> ParsedFile[list[str]]:
     """``parse_kaggle_users`` on a local or gs:// file."""
-    return parse_kaggle_users(_file_lines(path), source=path, **options)
+    return parse_kaggle_users(file_lines(path), source=path, **options)
 
 
 def read_kaggle_songs(path: str, **options: Any) -> ParsedFile[dict[str, int]]:
     """``parse_kaggle_songs`` on a local or gs:// file."""
-    return parse_kaggle_songs(_file_lines(path), source=path, **options)
+    return parse_kaggle_songs(file_lines(path), source=path, **options)
 
 
 def read_song_to_tracks(path: str, **options: Any) -> ParsedFile[dict[str, list[str]]]:
     """``parse_song_to_tracks`` on a local or gs:// file."""
-    return parse_song_to_tracks(_file_lines(path), source=path, **options)
+    return parse_song_to_tracks(file_lines(path), source=path, **options)
 
 
 def read_unique_tracks(path: str, **options: Any) -> ParsedFile[dict[str, Track]]:
     """``parse_unique_tracks`` on a local or gs:// file."""
-    return parse_unique_tracks(_file_lines(path), source=path, **options)
+    return parse_unique_tracks(file_lines(path), source=path, **options)
 
 
 def read_sid_mismatches(path: str, **options: Any) -> ParsedFile[set[tuple[str, str]]]:
     """``parse_sid_mismatches`` on a local or gs:// file."""
-    return parse_sid_mismatches(_file_lines(path), source=path, **options)
+    return parse_sid_mismatches(file_lines(path), source=path, **options)

@@ -47,7 +47,6 @@ if __name__ == "__main__":  # before anything imports TensorFlow
     cli.quiet_native_logs()
 
 import argparse
-import bz2
 import collections
 import contextlib
 import dataclasses
@@ -133,29 +132,19 @@ Listens = dict[str, dict[int, int]]  # user id → {song code: play count}
 
 # What reading a damaged file raises (a truncated or corrupt .gz/.bz2/.xz, an I/O error).
 _READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
-_LOCAL_OPENERS = {".gz": __import__("gzip").open, ".bz2": bz2.open}
-
-
-def _file_lines(path: str) -> Iterator[bytes]:
-    """The lines of a local or gs:// file (compression from the name), as bytes. A local .gz or
-    .bz2 file is read with Python's own modules, which fail on a truncated file (Beam's reader
-    stops at the cut without a word: half a file read as if whole)."""
-    opener = None if "://" in path else _LOCAL_OPENERS.get(os.path.splitext(path)[1].lower())
-    if opener:
-        with opener(path, "rb") as stream:
-            yield from iter(stream.readline, b"")
-        return
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path) as stream:
-        yield from iter(stream.readline, b"")
 
 
 def _read_lines(path: str, flag: str) -> Iterator[bytes]:
-    """``_file_lines``, a damaged file (truncated, corrupt compression, an I/O error) ending in
-    an ``EvaluationError`` naming it."""
+    """The lines of a local or gs:// file (``msd.listening.file_lines``, the jobs' reader: a
+    compressed file is checked to its end, since Beam's own reader stops at a cut without a
+    word), a damaged file (truncated, corrupt compression, an I/O error) ending in an
+    ``EvaluationError`` naming it."""
+    from msd import listening
+
     try:
-        yield from _file_lines(path)
+        yield from listening.file_lines(path)
+    except listening.CompressedFileError as error:
+        raise EvaluationError(f"{flag} {path}: cannot be read: {error.cause}") from error
     except _READ_ERRORS as error:
         raise EvaluationError(f"{flag} {path}: cannot be read: {_cause(error)}") from error
 

@@ -239,7 +239,7 @@ def damaged_compressed_inputs(patterns: Iterable[str]) -> list[str]:
                 listening.verify_compressed(path, compression)
             except listening.CompressedFileError as error:
                 problems.append(f"{path}: cannot be read to its end: "
-                                f"{error.detail.split('; ', 1)[0]} ({error.lines:,} complete "
+                                f"{error.cause} ({error.lines:,} complete "
                                 "lines before that); nothing was read")
             except OSError as error:
                 problems.append(f"{path}: cannot be read: {error.strerror or error}")

@@ -425,10 +425,11 @@ def _gzip_cut(path, keep):
     (lambda t: ["--listens", "/dev/zero"],
      "--listens /dev/zero: is a device or socket, not a file"),
     (lambda t: ["--listens", _gzip_cut(t["visible"], 0)],
-     "--listens {tmp}/visible.txt.gz: cannot be read: Not a gzipped file"),
+     "--listens {tmp}/visible.txt.gz: cannot be read: not readable as gzip after 2 "
+     "compressed bytes: Not a gzipped file"),
     (lambda t: ["--listens", _gzip_cut(t["visible"], 60)],  # Beam's reader stopped at the cut
-     "--listens {tmp}/visible.txt.gz: cannot be read: Compressed file ended before the "
-     "end-of-stream marker was reached"),
+     "--listens {tmp}/visible.txt.gz: cannot be read: the gzip stream ends before its "
+     "end-of-stream marker after 60 compressed bytes"),
     (lambda t: ["--listens", t["visible"], "--features", t["tmp"] / "no_features"],
      "--features {tmp}/no_features: no such file or folder"),
     (lambda t: ["--listens", t["visible"], "--features", t["tmp"] / "recommendations"],
@@ -547,6 +548,6 @@ def test_the_cli_ends_a_damaged_input_with_one_line_and_leaves_no_temporary_file
         env=dict(os.environ, TMPDIR=str(tmp_path / "temp")))
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        f"evaluate: error: --listens {cut}: cannot be read: Compressed file ended before the "
-        "end-of-stream marker was reached"], result.stderr
+        f"evaluate: error: --listens {cut}: cannot be read: the gzip stream ends before its "
+        "end-of-stream marker after 60 compressed bytes"], result.stderr
     assert os.listdir(tmp_path / "temp") == []
