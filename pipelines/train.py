@@ -104,10 +104,13 @@ class TrainOptions(PipelineOptions):
         parser.add_argument("--holdout_songs", type=float, default=hybrid_lib.DEFAULT_HOLDOUT,
                             help="hybrid: share of the network's songs held out of its training "
                             "to report its validation loss and cosine (seeded by --seed).")
-        parser.add_argument("--predicted_norm_quantile", type=float,
-                            default=hybrid_lib.DEFAULT_NORM_QUANTILE,
-                            help="hybrid: predicted factors get this quantile of the norms of "
-                            "the network's target ALS factors (0.5: the median).")
+        parser.add_argument("--warm_map_loss", type=float,
+                            default=hybrid_lib.DEFAULT_WARM_MAP_LOSS,
+                            help="hybrid: songs without ALS factors get the predicted direction "
+                            "times the median norm of the network's targets times the largest "
+                            "scale that costs ALS's validation users (--validation_fraction) "
+                            "at most this share of their mAP@500 on their held-out songs, in "
+                            "(0, 1) (lower: fewer cold songs recommended).")
         config_lib.add_overwrite_argument(parser)
 
     def validate_train_options(self) -> list[str]:
@@ -128,6 +131,9 @@ class TrainOptions(PipelineOptions):
                 problems.append("--model hybrid needs --features (the feature output whose "
                                 "songs it predicts factors for)")
             problems.extend(hybrid_lib.check_hybrid_parameters(hybrid_parameters(self)))
+            if not self.validation_fraction > 0:
+                problems.append("--model hybrid needs --validation_fraction > 0 (the songs "
+                                "without ALS factors are scaled on those users)")
         if (self.model or "itemcf") in ALS_KINDS:
             problems.extend(als_lib.check_parameters(self.factors, self.regularization,
                                                      self.als_alpha, self.confidence,
@@ -183,20 +189,22 @@ def hybrid_parameters(options: TrainOptions) -> hybrid_lib.HybridParameters:
     return hybrid_lib.HybridParameters(
         target_min_listeners=options.target_min_listeners, hidden_units=options.hidden_units,
         epochs=options.epochs, holdout=options.holdout_songs,
-        norm_quantile=options.predicted_norm_quantile, seed=options.seed)
+        warm_map_loss=options.warm_map_loss, seed=options.seed)
 
 
 def save_hybrid(fitted, options: TrainOptions, model_dir: str) -> int:
     """Writes the fitted hybrid model (ALS's and the content network's metrics in model.json);
     returns its number of songs."""
-    song_ids, listeners, item_factors, trained, metrics = fitted
+    song_ids, listeners, item_factors, content, trained, metrics = fitted
     if item_factors is None:
         return 0  # nothing to model: the launcher reports it and publishes nothing
     network = metrics["content_network"]
     model = hybrid_lib.HybridModel(
-        song_ids, item_factors, listeners, trained,
+        song_ids, item_factors, listeners, trained, content,
         hybrid={**dataclasses.asdict(hybrid_parameters(options)),
-                "predicted_norm": network["predicted_norm"]},
+                "predicted_norm": network["predicted_norm"],
+                "cold_scale": network["cold_scale"],
+                "content_weight": network["content_weight"]},
         regularization=options.regularization, alpha=options.als_alpha,
         confidence_variant=options.confidence, iterations=options.iterations, seed=options.seed,
         min_listeners=options.min_listeners)

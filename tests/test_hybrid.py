@@ -5,6 +5,7 @@ import json
 import pathlib
 
 import numpy as np
+import scipy.sparse as sp
 import pyarrow.parquet as pq
 import pytest
 
@@ -13,7 +14,11 @@ from pipelines import evaluate, recommend, train
 from recommend import models
 from recommend.models import base
 from recommend.models.als import ALSModel
+from recommend import metrics as metrics_lib
+from recommend.models import als as als_lib
+from recommend.models import hybrid as hybrid_lib
 from recommend.models.hybrid import HybridModel, HybridParameters, hybrid_factors, unit_rows
+from transforms import training
 
 
 def song(i: int) -> str:
@@ -41,9 +46,10 @@ def test_a_held_out_song_gets_factors_close_to_its_warm_neighbours():
     held = np.arange(len(cluster)) % 10 == 0  # a tenth of every cluster: no listens
     als_rows = np.flatnonzero(~held)
     listeners = np.where(held, 0, 5)
-    out, trained, metrics = hybrid_factors(inputs, als_rows, factors[als_rows], listeners, FAST,
-                                           log=lambda _: None)
+    out, content, trained, metrics = hybrid_factors(inputs, als_rows, factors[als_rows],
+                                                    listeners, FAST, log=lambda _: None)
     assert trained.tolist() == (~held).tolist()
+    assert metrics["content_weight"] == 0 and not content.any()  # no validation users
     np.testing.assert_array_equal(out[als_rows], factors[als_rows])  # warm songs keep ALS's
     centroids = unit_rows(np.stack([factors[als_rows][cluster[als_rows] == c].mean(0)
                                     for c in range(4)]))
@@ -68,24 +74,165 @@ def test_training_with_a_seed_is_deterministic():
     runs = [hybrid_factors(inputs, rows, factors[rows], np.where(held, 0, 5), FAST,
                            log=lambda _: None) for _ in range(2)]
     np.testing.assert_array_equal(runs[0][0], runs[1][0])
-    assert runs[0][2]["training_loss"] == runs[1][2]["training_loss"]
+    assert runs[0][3]["training_loss"] == runs[1][3]["training_loss"]
     other = hybrid_factors(inputs, rows, factors[rows], np.where(held, 0, 5),
                            HybridParameters(**{**FAST.__dict__, "seed": 4}), log=lambda _: None)
     assert not np.array_equal(other[0][held], runs[0][0][held])
 
 
-def hybrid_with_cold_songs(songs=30, warm=24, factors=4, seed=2):
+def validation_case(seed=5, users=60, songs=80, cold=20, factors=6):
+    """ALS-like factors for ``songs`` (the last ``cold`` predicted), and validation users whose
+    visible and held-out songs follow their taste (so the lists have hits)."""
+    rng = np.random.default_rng(seed)
+    item_factors = rng.normal(size=(songs, factors)).astype(np.float32)
+    trained = np.arange(songs) < songs - cold
+    taste = rng.normal(size=(users, factors))
+    histories, hidden = [], []
+    for u in range(users):
+        liked = np.argsort(-(item_factors[:songs - cold] @ taste[u]))[:12]
+        liked = rng.permutation(liked)
+        histories.append(np.sort(liked[:6]))
+        hidden.append(np.sort(liked[6:]))
+    validation = hybrid_lib.ValidationUsers(
+        histories=histories, confidences=[np.full(6, 2.0) for _ in range(users)],
+        hidden=hidden, regularization=0.5)
+    return item_factors, trained, validation
+
+
+def brute_force_maps(item_factors, content, trained, validation, weight, scale, k=500,
+                     with_cold=True):
+    """The validation users' AP, every catalogue song scored as served (kernel-free)."""
+    fold = als_lib.ALSFoldIn(item_factors, validation.regularization, np.flatnonzero(trained))
+    x = fold.user_factors(validation.histories, validation.confidences)
+    profiles = hybrid_lib.content_profiles(content, validation.histories)
+    y = item_factors.astype(np.float64).copy()
+    y[~trained] *= scale
+    lists = []
+    for u, history in enumerate(validation.histories):
+        scores = y @ x[u] + weight * (content.astype(np.float64) @ profiles[u])
+        scores[history] = -np.inf
+        if not with_cold:
+            scores[~trained] = -np.inf
+        order = np.lexsort((np.arange(len(scores)), -scores))
+        lists.append(order[np.isfinite(scores[order])][:k])
+    offsets = np.concatenate([[0], np.cumsum([len(l) for l in lists])])
+    hidden_offsets = np.concatenate([[0], np.cumsum([len(h) for h in validation.hidden])])
+    relevant = metrics_lib.batch_relevance(offsets, np.concatenate(lists), hidden_offsets,
+                                           np.concatenate(validation.hidden))
+    return metrics_lib.batch_user_scores(relevant, offsets, np.diff(hidden_offsets),
+                                         map_cutoff=k)["average_precision"]
+
+
+def test_the_validation_maps_equal_ranking_the_whole_catalogue():
+    item_factors, trained, validation = validation_case()
+    content = unit_rows(np.random.default_rng(9).normal(size=(len(trained), 5)))
+    weights, scales = (0.0, 0.4), (0.3, 1.0, 1.7)
+    for k in (500, 10):
+        alone, warm_only, mixed = hybrid_lib.validation_maps(
+            item_factors, content, trained, validation, weights, scales, k=k)
+        np.testing.assert_allclose(alone, brute_force_maps(
+            item_factors, content, trained, validation, 0.0, 1.0, k=k, with_cold=False),
+            rtol=1e-9)
+        for j, weight in enumerate(weights):
+            np.testing.assert_allclose(warm_only[j], brute_force_maps(
+                item_factors, content, trained, validation, weight, 1.0, k=k,
+                with_cold=False), rtol=1e-9)
+            for row, scale in enumerate(scales):
+                np.testing.assert_allclose(mixed[j, row], brute_force_maps(
+                    item_factors, content, trained, validation, weight, scale, k=k),
+                    rtol=1e-9)
+    assert mixed[0, 0].mean() > mixed[0, 2].mean()  # louder cold songs cost the warm ones
+
+
+def test_the_weight_and_scale_come_from_the_validation_users_and_are_deterministic():
+    item_factors, trained, validation = validation_case()
+    # Content that knows the users' taste a little: the blend helps the warm songs.
+    rng = np.random.default_rng(11)
+    content = unit_rows(item_factors + 2.0 * rng.normal(size=item_factors.shape))
+    weight, scale, metrics = hybrid_lib.choose_blend(item_factors, content, trained,
+                                                     validation, 0.05)
+    assert (weight, scale, metrics) == hybrid_lib.choose_blend(item_factors, content, trained,
+                                                               validation, 0.05)
+    alone, warm_only, mixed = hybrid_lib.validation_maps(
+        item_factors, content, trained, validation, hybrid_lib.BLEND_GRID,
+        hybrid_lib.SCALE_GRID)
+    j = hybrid_lib.BLEND_GRID.index(weight)
+    best = warm_only.mean(1).argmax()
+    assert warm_only[j].mean() >= warm_only[0].mean() and j <= best
+    ratio = mixed[j].mean(1) / alone.mean()
+    chosen = hybrid_lib.SCALE_GRID.index(scale)
+    assert (ratio[:chosen + 1] >= 0.95).all()
+    assert chosen == len(ratio) - 1 or ratio[chosen + 1] < 0.95
+    assert metrics["validation_warm_map_ratio"] == pytest.approx(ratio[chosen], abs=1e-6)
+    assert metrics["cold_scale_chosen_by"] == "validation"
+    assert hybrid_lib.choose_blend(item_factors, content, trained, validation, 0.3)[1] > scale
+    assert hybrid_lib.choose_blend(item_factors, content, trained, None, 0.05)[:2] == (0.0, 1.0)
+
+
+def test_the_scale_is_chosen_on_the_listens_the_als_fit_left_out():
+    """The validation users are ALS's own (same fraction and seed): their held-out listens are
+    exactly the ones fit_als did not train on, and the scale comes from the training data."""
+    rng = np.random.default_rng(0)
+    matrix = sp.random(200, 50, density=0.2, random_state=1, format="csr")
+    matrix.data = rng.integers(1, 5, size=matrix.nnz).astype(np.float64)
+    parameters = als_lib.ALSParameters(factors=4, iterations=2, validation_fraction=0.2, seed=3)
+    als_rows = np.arange(50) * 2 + 1  # catalogue rows of the ALS songs
+    validation = training.hybrid_validation_users(matrix, als_rows, parameters)
+    _, metrics = als_lib.fit_als(matrix, parameters, log=lambda _: None)
+    assert sum(len(h) for h in validation.hidden) == metrics["validation_hidden_listens"]
+    assert len(validation.hidden) == metrics["validation_users"] == 40
+    _, users, hidden = als_lib.validation_split(matrix, 0.2, 3)
+    for i, user in enumerate(users):
+        songs = matrix.indices[matrix.indptr[user]:matrix.indptr[user + 1]]
+        held = hidden.indices[hidden.indptr[user]:hidden.indptr[user + 1]]
+        assert validation.hidden[i].tolist() == als_rows[held].tolist()
+        assert sorted(validation.histories[i].tolist() + validation.hidden[i].tolist()) == \
+            als_rows[songs].tolist()
+        assert np.isin(validation.histories[i] % 2, 1).all()
+
+
+def test_the_predicted_songs_get_the_median_norm_times_the_validation_scale():
+    inputs, factors, cluster = clustered_songs(seed=2)
+    held = np.arange(len(cluster)) % 10 == 0
+    rows = np.flatnonzero(~held)
+    rng = np.random.default_rng(4)
+    histories, hidden = [], []
+    for user in range(40):  # each user likes one cluster's warm songs
+        liked = rng.permutation(rows[cluster[rows] == user % 4])[:16]
+        histories.append(np.sort(liked[:8]))
+        hidden.append(np.sort(liked[8:]))
+    validation = hybrid_lib.ValidationUsers(histories, [np.full(8, 3.0)] * 40, hidden, 0.5)
+    out, content, trained, metrics = hybrid_factors(
+        inputs, rows, factors[rows], np.where(held, 0, 5), FAST, validation=validation,
+        log=lambda _: None)
+    median = np.median(np.linalg.norm(factors[rows], axis=1))
+    assert metrics["cold_scale_chosen_by"] == "validation" and 0 < metrics["cold_scale"] <= 2
+    assert metrics["validation_warm_map_ratio"] >= 0.95
+    np.testing.assert_allclose(np.linalg.norm(out[held], axis=1),
+                               metrics["cold_scale"] * median, rtol=1e-5)
+    again = hybrid_factors(inputs, rows, factors[rows], np.where(held, 0, 5), FAST,
+                           validation=validation, log=lambda _: None)
+    np.testing.assert_array_equal(again[0], out)
+    np.testing.assert_array_equal(again[1], content)
+    assert metrics["content_weight"] in hybrid_lib.BLEND_GRID
+    np.testing.assert_allclose(np.linalg.norm(content, axis=1), metrics["content_weight"],
+                               rtol=1e-5)
+
+
+def hybrid_with_cold_songs(songs=30, warm=24, factors=4, seed=2, weight=0.3):
     rng = np.random.default_rng(seed)
     trained = np.arange(songs) < warm
+    content = (weight * unit_rows(rng.normal(size=(songs, 6)))).astype(np.float32)
     return HybridModel(np.array([song(i) for i in range(songs)], dtype=object),
                        rng.normal(size=(songs, factors)).astype(np.float32),
-                       np.where(trained, rng.integers(1, 9, size=songs), 0), trained,
+                       np.where(trained, rng.integers(1, 9, size=songs), 0), trained, content,
                        regularization=0.5, alpha=3.0)
 
 
 def test_a_history_of_trained_songs_gets_exactly_its_als_user_vector():
     """The fold-in's Gram is over the ALS songs only: the hybrid and the ALS model of those
-    songs give a user the same factors, so warm songs are scored exactly as by ALS."""
+    songs give a user the same factors; a song's score adds the weighted cosine of its
+    content to the mean content of the user's history (one kernel pass)."""
     hybrid = hybrid_with_cold_songs()
     warm = np.flatnonzero(hybrid.trained)
     als = ALSModel(hybrid.song_ids[warm], hybrid.item_factors[warm],
@@ -96,7 +243,10 @@ def test_a_history_of_trained_songs_gets_exactly_its_als_user_vector():
                                   als.user_factors(histories, counts))
     ranked = hybrid.recommend(histories, counts, k=10)
     scores = hybrid.user_factors(histories, counts) @ hybrid.item_factors.T.astype(np.float64)
+    content = hybrid.content.astype(np.float64)
     for user, history in enumerate(histories):
+        profile = unit_rows(content[history].mean(0, keepdims=True))[0]
+        scores[user] += content @ profile
         scores[user, history] = -np.inf
         assert ranked.rows[user].tolist() == np.lexsort((np.arange(30), -scores[user]))[:10].tolist()
 
@@ -107,6 +257,7 @@ def test_the_model_directory_round_trips_and_refuses_a_missing_or_misshapen_arra
     loaded = models.load_model(str(tmp_path / "m"))
     assert loaded.kind == "hybrid" and loaded.trained.tolist() == model.trained.tolist()
     np.testing.assert_array_equal(loaded.item_factors, model.item_factors)
+    np.testing.assert_array_equal(loaded.content, model.content)
 
     (tmp_path / "m" / "trained.npy").unlink()
     with pytest.raises(models.ModelError, match="trained.npy"):
@@ -126,7 +277,14 @@ def test_the_model_directory_round_trips_and_refuses_a_missing_or_misshapen_arra
         models.load_model(str(tmp_path / "n"))
     with pytest.raises(models.ModelError, match="no song has ALS factors"):
         HybridModel(model.song_ids, model.item_factors, model.popularity.listeners,
-                    np.zeros(30, bool))
+                    np.zeros(30, bool), model.content)
+    with pytest.raises(models.ModelError, match=r"content must be float32 \[songs \(30\)"):
+        HybridModel(model.song_ids, model.item_factors, model.popularity.listeners,
+                    model.trained, model.content[:-1])
+    base.save_model(model, str(tmp_path / "c"))
+    (tmp_path / "c" / "content.npy").unlink()
+    with pytest.raises(models.ModelError, match="content.npy"):
+        models.load_model(str(tmp_path / "c"))
 
 
 def test_train_recommend_and_evaluate_cold_start(tmp_path, synthetic_sample, synthetic_features,
@@ -176,3 +334,22 @@ def test_train_recommend_and_evaluate_cold_start(tmp_path, synthetic_sample, syn
     assert by_model["hybrid"]["cold"]["recall"] > 0 and by_model["hybrid"]["cold_share"] > 0
     assert by_model["popularity"]["cold"]["recall"] == 0 == by_model["popularity"]["cold_share"]
     assert by_model["hybrid"]["warm"]["users"] > 0
+
+
+def test_content_inputs_encode_the_song_fields_and_their_unknown_values():
+    """The feature job stores an unknown key as -1 and an unknown time signature as 0
+    (msd.hdf5_reader.UNKNOWN): neither may pose as a real key (C) or a real signature."""
+    from recommend.models.hybrid import TIME_SIGNATURES, content_inputs
+
+    rng = np.random.default_rng(0)
+    matrix, names = content_inputs({
+        "raw_features": rng.normal(size=(4, 90)), "key": np.array([0, 11, -1, 5]),
+        "mode": np.array([1, 0, -1, 1]), "time_signature": np.array([4, 3, 0, 7])})
+    assert matrix.shape == (4, 90 + 12 + 1 + len(TIME_SIGNATURES)) and len(names) == len(
+        matrix[0])
+    key = matrix[:, names.index("key_0"):names.index("key_11") + 1]
+    assert key.argmax(axis=1)[[0, 1, 3]].tolist() == [0, 11, 5]
+    assert key[2].sum() == 0 and key.sum() == 3  # -1: unknown, no key column set
+    assert matrix[:, names.index("mode_major")].tolist() == [1, 0, 0, 1]
+    signature = matrix[:, names.index(f"time_signature_{TIME_SIGNATURES[0]}"):]
+    assert signature.sum(axis=1).tolist() == [1, 1, 0, 1]  # 0: none found, no column set

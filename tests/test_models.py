@@ -62,15 +62,17 @@ def als_model(songs=40, factors=5, seed=4):
 
 
 def hybrid_model(songs=40, factors=5, seed=4):
-    """A hybrid: ALS factors for 30 songs, predicted ones (any direction) for the other 10."""
-    from recommend.models.hybrid import HybridModel
+    """A hybrid: ALS factors for 30 songs, predicted ones (any direction) for the other 10,
+    and a content blend (weight 0.1 × unit content vectors)."""
+    from recommend.models.hybrid import HybridModel, unit_rows
 
     rng = np.random.default_rng(seed)
     trained = np.arange(songs) < 30
     listeners = np.where(trained, rng.integers(1, 6, size=songs), 0)
+    content = (0.1 * unit_rows(rng.normal(size=(songs, 7)))).astype(np.float32)
     return HybridModel(np.array([song(i) for i in range(songs)], dtype=object),
                        rng.normal(size=(songs, factors)).astype(np.float32), listeners,
-                       trained, regularization=0.3, alpha=2.0)
+                       trained, content, regularization=0.3, alpha=2.0)
 
 
 MODEL_FACTORIES = {"itemcf": lambda: itemcf_model(random_listening()),

@@ -249,17 +249,37 @@ class FitALS(beam.PTransform):
         return {"model": model, "rejected": prepared["rejected"]}
 
 
+def hybrid_validation_users(matrix: sp.csr_matrix, als_rows: np.ndarray,
+                            parameters: als_lib.ALSParameters):
+    """ALS's validation users (the split ``fit_als`` held out of the fit: same fraction and
+    seed) in catalogue rows, for the hybrid's choice of the cold songs' scale."""
+    from recommend.models import hybrid as hybrid_lib
+
+    visible, users, hidden = als_lib.validation_split(matrix, parameters.validation_fraction,
+                                                      parameters.seed)
+
+    def row(m, u):
+        return als_rows[m.indices[m.indptr[u]:m.indptr[u + 1]]]
+
+    return hybrid_lib.ValidationUsers(
+        histories=[row(visible, u) for u in users],
+        confidences=[als_lib.confidence(visible.data[visible.indptr[u]:visible.indptr[u + 1]],
+                                        parameters.alpha, parameters.confidence)
+                     for u in users],
+        hidden=[row(hidden, u) for u in users], regularization=parameters.regularization)
+
+
 def fit_hybrid_model(matrix: sp.csr_matrix, songs: list[str],
                      parameters: als_lib.ALSParameters, content_source,
                      hybrid_parameters) -> tuple:
-    """(catalogue songs, listeners, item factors, trained mask, metrics): ALS on the listens
-    (``fit_als_model``), then the content network over every song of ``content_source`` (a
+    """(catalogue songs, listeners, item factors, content, trained mask, metrics): ALS on the
+    listens (``fit_als_model``), then the content network over every song of ``content_source`` (a
     ``recommend.models.ModelSource`` of the features); nothing to fit without songs."""
     from recommend.models import hybrid as hybrid_lib
 
     songs, listeners, item_factors, als_metrics = fit_als_model(matrix, songs, parameters)
     if item_factors is None:
-        return songs, listeners, None, None, {}
+        return songs, listeners, None, None, None, {}
     catalogue, _ = content_source.catalogue()
     content = hybrid_lib.load_song_content(content_source.features,
                                            catalogue.track_ids.tolist())
@@ -268,17 +288,18 @@ def fit_hybrid_model(matrix: sp.csr_matrix, songs: list[str],
     als_rows = np.array([row_of_song[song_id] for song_id in songs], np.int64)
     all_listeners = np.zeros(len(catalogue), np.int64)
     all_listeners[als_rows] = listeners
-    factors, trained, network = hybrid_lib.hybrid_factors(inputs, als_rows, item_factors,
-                                                          all_listeners, hybrid_parameters)
+    factors, content, trained, network = hybrid_lib.hybrid_factors(
+        inputs, als_rows, item_factors, all_listeners, hybrid_parameters,
+        validation=hybrid_validation_users(matrix, als_rows, parameters))
     counter("hybrid_fits").inc()
-    return (catalogue.song_ids, all_listeners, factors, trained,
+    return (catalogue.song_ids, all_listeners, factors, content, trained,
             {"als": als_metrics, "content_network": network, "input_columns": names})
 
 
 class FitHybrid(beam.PTransform):
-    """UserHistories → {"model": one (songs, listeners, item factors, trained, metrics) tuple,
-    "rejected": dead letters}: ``FitALS``'s preparation and fit, then the content network
-    (``recommend.models.hybrid``) on the same worker."""
+    """UserHistories → {"model": one (songs, listeners, item factors, content, trained,
+    metrics) tuple, "rejected": dead letters}: ``FitALS``'s preparation and fit, then the
+    content network (``recommend.models.hybrid``) on the same worker."""
 
     def __init__(self, min_listeners: int, parameters: als_lib.ALSParameters, content_source,
                  hybrid_parameters):
