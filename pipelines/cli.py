@@ -252,9 +252,39 @@ def remove_dead_runs_temp_dirs(parent: str) -> list[str]:
     return removed
 
 
-def _removed_then_terminated(signum, _frame) -> None:
-    """SIGTERM: the temporary folder removed, then the default action (the process ends as a
-    terminated process would; its staging is cleaned by the next run, as after a kill)."""
+class Terminated(SystemExit):
+    """Raised in the main thread by SIGTERM, as Ctrl-C raises KeyboardInterrupt: what the run
+    was doing unwinds (a publication puts the previous output back, or finishes one that was
+    already committed), the temporary folder is removed at exit, and the exit status is 143
+    (128 + SIGTERM). A subclass of SystemExit: ``except Exception`` does not swallow it."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
+
+
+_terminating = False  # a first SIGTERM was raised as Terminated
+_terminated_said = False  # "<job>: terminated" printed
+
+
+def _say_terminated(job: Optional[str] = None) -> None:
+    """The one line of a terminated run: printed by ``run_main``, or at exit when the signal
+    came before it (while the entry module imports its libraries)."""
+    global _terminated_said
+    if not _terminated_said:
+        _terminated_said = True
+        print(f"{job or _job_name()}: terminated", file=sys.stderr)
+
+
+def _removed_then_terminated(signum, frame) -> None:
+    """SIGTERM: the first raises ``Terminated`` in the main thread (the run unwinds, its
+    publication is put back or finished). A second one, or one in a forked child, takes the
+    default action at once, after removing the temporary folder (the run's staging is then
+    cleaned by the next run, as after a kill)."""
+    global _terminating
+    if not _terminating and os.getpid() == _run_temp_owner:
+        _terminating = True
+        atexit.register(_say_terminated)
+        raise Terminated()
     remove_run_temp_dir()
     signal.signal(signum, _previous_sigterm or signal.SIG_DFL)
     os.kill(os.getpid(), signum)
@@ -266,7 +296,7 @@ def run_main(job: str, main: Callable[[], Optional[int]]) -> None:
     130; a non-zero integer returned is the exit status. The run's temporary folder (made here
     if the entry did not call ``quiet_native_logs``) is removed at exit in every case (after
     the libraries' own exit handlers, which still use it: the folder's handler is registered
-    before they are imported)."""
+    before they are imported). SIGTERM ends like Ctrl-C (``Terminated``): one line, status 143."""
     use_run_temp_dir(job)
     debug = debugging()
     if debug:
@@ -283,5 +313,8 @@ def run_main(job: str, main: Callable[[], Optional[int]]) -> None:
             raise
         print(f"{job}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except Terminated:
+        _say_terminated(job)
+        raise SystemExit(128 + signal.SIGTERM) from None
     if status:
         raise SystemExit(status)

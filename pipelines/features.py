@@ -185,17 +185,60 @@ def _exists(path: str) -> bool:
     return bool(FileSystems.match([path.rstrip("/") + "/**"], limits=[1])[0].metadata_list)
 
 
+# A run stages its outputs in _staging/features-<run id>/: recognisably the feature job's (the
+# recommendation and training jobs stage in <output>/_staging/ too, under names of their own).
+STAGED_RUN_PREFIX = "features-"
+STAGED_RUN_PATTERN = r"features-[0-9a-f]{12}"
+
+
+def own_patterns() -> tuple[str, ...]:
+    """What a feature run leaves in its output folder before it publishes, its own whatever the
+    folder holds (``launcher.foreign_entries``): its lock, its staging folder, and the temporary
+    file of the atomic summary write (left only by a run killed during it)."""
+    import re
+
+    return (re.escape(LOCK_FILE), rf"\.{re.escape(SUMMARY_FILE)}\.\d+\.tmp",
+            f"{STAGING}/{STAGED_RUN_PATTERN}")
+
+
 def _check_output_dir(output_dir: str, overwrite: bool) -> None:
-    """Refuses to replace an earlier run's outputs without --overwrite; clears what a killed
-    run left in the staging area (never visible to readers)."""
+    """The output folder must be the feature job's own: absent, empty, or holding only what
+    this job writes: a finished run's outputs (replaced only with --overwrite), its lock, and
+    the staging folders ``_staging/features-<run id>/`` of runs that did not publish. Anything
+    else (the user's files, another job's: a recommendation output's ``run_date=…/``, another
+    job's ``_staging/…`` entries and locks) is refused naming it, and nothing is deleted.
+    Then clears what killed feature runs left (never visible to readers): only entries of the
+    feature job's own shape, none of which is live (the feature lock, held by this run, keeps
+    every other feature run off this folder)."""
+    import re
+
+    output_dir = output_dir.rstrip("/")
+    foreign = launcher.foreign_entries(output_dir, OUTPUT_SUBDIRS + (SUMMARY_FILE,), "features",
+                                       own_patterns())
+    if foreign == [output_dir]:
+        raise SystemExit(f"features: --output_dir {output_dir} is a file, not a folder")
+    if foreign:
+        shown = ", ".join(foreign[:8]) + (f", … ({len(foreign) - 8} more)" if len(foreign) > 8
+                                          else "")
+        raise SystemExit(
+            f"features: --output_dir {output_dir} holds files this job did not write ({shown}); "
+            "it replaces its outputs and clears its staging there, so it does not run in a "
+            "folder holding anything else: choose a new or empty folder (a feature output "
+            "without its run_summary.json is a run killed while publishing: delete it)")
     existing = [name for name in OUTPUT_SUBDIRS + (SUMMARY_FILE,)
                 if _exists(FileSystems.join(output_dir, name))]
     if existing and not overwrite:
         raise SystemExit(
             f"features: {output_dir} already holds outputs of an earlier run "
             f"({', '.join(existing)}); pass --overwrite to replace them")
-    leftovers = FileSystems.join(output_dir, STAGING)
-    launcher.delete_tree(leftovers)
+    staging_root = FileSystems.join(output_dir, STAGING)
+    for name in launcher.child_names(staging_root):
+        if re.fullmatch(STAGED_RUN_PATTERN, name):
+            launcher.delete_matching(FileSystems.join(staging_root, name))
+    temporary = re.compile(own_patterns()[1])
+    for name in launcher.child_names(output_dir):
+        if temporary.fullmatch(name):
+            launcher.delete_matching(FileSystems.join(output_dir, name))
 
 
 def publish_outputs(staging: str, output_dir: str, summary: dict) -> None:
@@ -207,7 +250,9 @@ def publish_outputs(staging: str, output_dir: str, summary: dict) -> None:
     not write are moved aside too, and ``run_summary.json`` is written over the previous one in
     one atomic write: the commit point. A failure before or at it puts every folder back, so
     the previous output stays whole (its summary never left); what was moved aside and the
-    staging are deleted only after it.
+    staging are deleted only after it. Once the published summary is this run's, nothing is
+    put back: an error reported by its write is logged, and a Ctrl-C or SIGTERM arriving then
+    stops the run after the clean-up, the new output published whole.
 
     What a concurrent reader can see: locally each folder swap is one rename, so a reader sees
     each folder whole (or, for an instant, absent: "no feature files match"), but between
@@ -226,16 +271,39 @@ def publish_outputs(staging: str, output_dir: str, summary: dict) -> None:
     # the time of one commit write.
     names = sorted(OUTPUT_SUBDIRS, key=lambda name: name == "features")
     staged = [name for name in names if _exists(FileSystems.join(staging, name))]
-    launcher.replace_folders(
-        [(FileSystems.join(staging, name), FileSystems.join(output_dir, name)) for name in staged],
-        commit=lambda: launcher.write_atomically(FileSystems.join(output_dir, SUMMARY_FILE),
-                                                 summary_bytes),
-        retire=[(FileSystems.join(output_dir, name),
-                 FileSystems.join(staging, f"{name}.replaced"))
-                for name in names if name not in staged])
-    launcher.after_commit(f"deleting {staging}", lambda: launcher.delete_tree(staging))
-    launcher.after_commit("removing the empty staging folder", lambda: launcher.remove_if_empty(
-        FileSystems.join(output_dir, STAGING)))
+    published_summary = FileSystems.join(output_dir, SUMMARY_FILE)
+
+    def committed() -> bool:
+        """The published run_summary.json is the one this run wrote (the commit took effect,
+        also when its write reported an error or an interrupt came just after it)."""
+        try:
+            with FileSystems.open(published_summary) as handle:
+                return handle.read() == summary_bytes
+        except Exception:  # noqa: BLE001 - missing or unreadable: not this run's
+            return False
+
+    def clean_up() -> None:
+        launcher.after_commit(f"deleting {staging}", lambda: launcher.delete_tree(staging))
+        launcher.after_commit("removing the empty staging folder",
+                              lambda: launcher.remove_if_empty(FileSystems.join(output_dir,
+                                                                                STAGING)))
+
+    try:
+        launcher.replace_folders(
+            [(FileSystems.join(staging, name), FileSystems.join(output_dir, name))
+             for name in staged],
+            commit=lambda: launcher.write_atomically(published_summary, summary_bytes),
+            retire=[(FileSystems.join(output_dir, name),
+                     FileSystems.join(staging, f"{name}.replaced"))
+                    for name in names if name not in staged],
+            committed=committed)
+    except BaseException:
+        # Raised after the commit only for Ctrl-C / SIGTERM (replace_folders finished the
+        # publication): the staging is removed as after a success, then the run stops.
+        if committed():
+            clean_up()
+        raise
+    clean_up()
 
 
 def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
@@ -295,7 +363,8 @@ def _run(options, features_options, patterns, staging_only, symlinks=None) -> Op
     output_dir = features_options.output_dir.rstrip("/")
     # Outputs are written to a staging folder and moved into place once the job succeeded,
     # unless nothing here waits for the job (a template launch writes in place).
-    staging = None if staging_only else FileSystems.join(output_dir, STAGING, uuid.uuid4().hex[:12])
+    staging = None if staging_only else FileSystems.join(
+        output_dir, STAGING, STAGED_RUN_PREFIX + uuid.uuid4().hex[:12])
     temp_location = options.view_as(GoogleCloudOptions).temp_location
     temp_dir = FileSystems.join(temp_location or staging or output_dir, "tft_tmp")
     # TFT writes its temporary files and transform_fn through TensorFlow's own file system

@@ -1,4 +1,5 @@
 """What the job entry points share: option parsing with validation, counters, the summary."""
+import fcntl
 import glob
 import json
 import logging
@@ -101,7 +102,8 @@ def move_folder(source: str, destination: str) -> None:
 
 def replace_folders(pairs: Sequence[tuple[str, str]],
                     commit: Optional[Callable[[], None]] = None,
-                    retire: Sequence[tuple[str, str]] = ()) -> None:
+                    retire: Sequence[tuple[str, str]] = (),
+                    committed: Optional[Callable[[], bool]] = None) -> None:
     """Moves each finished folder ``source`` to its ``destination``, replacing what was there,
     then runs ``commit`` (the one write that makes a publication current, if any): all or
     nothing. A previous ``destination`` is first moved aside to ``<source>.replaced`` (in the
@@ -111,11 +113,21 @@ def replace_folders(pairs: Sequence[tuple[str, str]],
     staging, the previous and retired ones in place) and the error raised. The previous and
     retired folders are deleted only after everything succeeded.
 
+    ``committed`` says whether the commit took effect (e.g. the published file holds what the
+    commit wrote). An error raised once the commit has taken effect (an interrupt arriving
+    just after the write, a GCS upload stored but reported as failed) must not put the
+    previous folders back under the new commit: the publication is finished (the previous
+    folders deleted), then KeyboardInterrupt / SystemExit (a SIGTERM) is raised again (the
+    user asked to stop; the output is the new one, whole), and any other error is logged as a
+    warning (the output is published). Without ``committed``, a failed ``commit`` rolls back.
+
     Locally each move is one rename: ``destination`` is absent for an instant, never partial.
     On GCS a move is object by object: a reader racing it can see part of a folder (reports,
     whose run_summary.json says whether they are whole; data readers must never see in part is
     published with ``publish_version``)."""
     moves = []  # [source, destination, backup or None, phase]: 1 backing up, 2 moving in
+    stopped: Optional[BaseException] = None  # an interrupt that came after the commit
+    committing = False
     try:
         for source, destination in pairs:
             backup = f"{source.rstrip('/')}.replaced" if folder_exists(destination) else None
@@ -131,17 +143,37 @@ def replace_folders(pairs: Sequence[tuple[str, str]],
                 moves.append([None, folder, aside, 1])
                 move_folder(folder, aside)
         if commit:
+            committing = True
             commit()
-    except BaseException:
-        for source, destination, backup, phase in reversed(moves):
-            if phase >= 2 and source and folder_exists(destination):
-                _undo(destination, lambda s=source, d=destination: move_folder(d, s))
-            if backup and folder_exists(backup):
-                _undo(destination, lambda d=destination, b=backup: move_folder(b, d))
-        raise
+    except BaseException as error:
+        took_effect = False
+        if committing and committed is not None:
+            try:
+                took_effect = bool(committed())
+            except Exception as check:  # noqa: BLE001 - unknown: treated as not committed
+                logging.error("could not tell whether the commit took effect (%s); putting the "
+                              "previous output back", check)
+        if not took_effect:
+            for source, destination, backup, phase in reversed(moves):
+                if phase >= 2 and source and folder_exists(destination):
+                    _undo(destination, lambda s=source, d=destination: move_folder(d, s))
+                if backup and folder_exists(backup):
+                    _undo(destination, lambda d=destination, b=backup: move_folder(b, d))
+            raise
+        where = ", ".join(destination for _, destination in pairs) or "the output"
+        if isinstance(error, Exception):
+            logging.warning("publishing %s: the commit reported an error (%s) although it took "
+                            "effect; the new output is published", where, error)
+        else:
+            logging.warning("publishing %s: %s after the commit; the new output is published "
+                            "whole", where, "interrupted" if isinstance(error, KeyboardInterrupt)
+                            else "stopped")
+            stopped = error
     for _, _, backup, _ in moves:
         if backup:
             after_commit(f"deleting the replaced {backup}", lambda b=backup: delete_tree(b))
+    if stopped is not None:
+        raise stopped
 
 
 def replace_folder(source: str, destination: str) -> None:
@@ -263,10 +295,47 @@ def paths_overlap(first: str, second: str) -> bool:
     return bool(first and second) and (is_inside(first, second) or is_inside(second, first))
 
 
-def foreign_entries(folder: str, own_names: Sequence[str], job: str) -> list[str]:
+def foreign_entries(folder: str, own_names: Sequence[str], job: str,
+                    own_patterns: Sequence[str] = ()) -> list[str]:
     """The entries of ``folder`` the product did not write: anything but ``own_names``, or
     everything when its run_summary.json is missing or not ``job``'s (an empty or absent folder
-    has none). The product replaces only folders for which this is empty."""
+    has none). The product replaces only folders for which this is empty.
+
+    ``own_patterns`` (regular expressions, matched whole) name what is the job's whatever the
+    summary says, i.e. what a run leaves before it publishes (its lock, its staging): ``expr``
+    for an entry of ``folder``; ``name/expr`` for an entry of its sub-folder ``name`` (a
+    literal name), which is then looked into: each of its entries that no such pattern matches
+    is foreign, reported as ``name/entry`` (the sub-folder itself is not: it holds only the
+    job's own, or nothing)."""
+    import re
+
+    top = [re.compile(pattern) for pattern in own_patterns if "/" not in pattern]
+    nested: dict[str, list] = {}
+    for pattern in own_patterns:
+        if "/" in pattern:
+            parent, child = pattern.split("/", 1)
+            nested.setdefault(parent, []).append(re.compile(child))
+    if own_patterns:
+        if "://" not in folder and os.path.exists(folder) and not os.path.isdir(folder):
+            return [folder]
+        names = child_names(folder)
+        if not names:
+            return []
+        claimed = [name for name in names if name not in nested
+                   and not any(p.fullmatch(name) for p in top)]
+        foreign = foreign_entries(folder, own_names, job) if claimed else []
+        found = []
+        for name in names:
+            if name in nested:
+                sub = FileSystems.join(folder, name)
+                if "://" not in folder and not os.path.isdir(sub):
+                    found.append(name)
+                    continue
+                found += [f"{name}/{entry}" for entry in child_names(sub)
+                          if not any(p.fullmatch(entry) for p in nested[name])]
+            elif name in claimed and name in foreign:
+                found.append(name)
+        return found
     if "://" not in folder:
         if not os.path.exists(folder):
             return []
@@ -396,8 +465,12 @@ def publish_version(staged: str, folder: str, run_id: str, summary: Optional[dic
     A failure in 1 or 2 puts everything back (the new files are deleted, the previous folders
     of ``with_folders`` restored) and is raised: the previous version stays current and
     nothing of the new one is left beside it. A crash (no chance to put back) before the
-    marker leaves the previous version current; the next publish removes what was left. A
-    failure in 3 is logged: the new version is published. Returns the published files."""
+    marker leaves the previous version current; the next publish removes what was left. An
+    error once the marker names this run (an interrupt just after its write, a GCS upload
+    stored but reported as failed) puts nothing back: 3 runs, then KeyboardInterrupt /
+    SystemExit is raised again (the new version and its report are published, whole) and any
+    other error is logged. A failure in 3 is logged: the new version is published. Returns the
+    published files."""
     staged = staged.rstrip("/")
     planned = []
     for path in sorted(m.path for m in FileSystems.match([staged + "/**"])[0].metadata_list):
@@ -411,20 +484,28 @@ def publish_version(staged: str, folder: str, run_id: str, summary: Optional[dic
     record = json.dumps({"run_id": run_id, "files": names, **(summary or {})}, indent=2,
                         sort_keys=True).encode("utf-8")
     moved = []
+    stopped: Optional[BaseException] = None  # an interrupt that came after the commit
     try:
         for path, name in planned:
             moved.append(FileSystems.join(folder, name))
             move_file(path, moved[-1])
-        replace_folders(with_folders, commit=lambda: write_atomically(marker, record))
-    except BaseException:
+        # The marker naming this run is the commit: once it is there, an error (an interrupt
+        # just after the write, a GCS upload stored but reported as failed) leaves the new
+        # report in place (replace_folders does not roll back a commit that took effect).
+        replace_folders(with_folders, commit=lambda: write_atomically(marker, record),
+                        committed=lambda: _marker_run_id(folder) == run_id)
+    except BaseException as error:
         if _marker_run_id(folder) != run_id:  # not committed (e.g. not a lost GCS response)
             present = [path for path in moved if FileSystems.exists(path)]
             if present:
                 _undo(f"the new files in {folder}", lambda: FileSystems.delete(present))
             _undo(f"empty folders of {folder}", lambda: _remove_empty_folders(folder))
             raise
-        logging.warning("publishing %s: the marker was written although the write reported an "
-                        "error; the new version is published", folder)
+        if not isinstance(error, Exception):  # Ctrl-C, SIGTERM: finish, then stop
+            stopped = error  # (replace_folders said so when it came in its commit)
+        else:
+            logging.warning("publishing %s: the marker was written although the write reported "
+                            "an error (%s); the new version is published", folder, error)
     keep = set(names) | {PUBLISHED_MARKER}
     prefix = folder.rstrip("/") + "/"
 
@@ -436,6 +517,8 @@ def publish_version(staged: str, folder: str, run_id: str, summary: Optional[dic
         _remove_empty_folders(folder, keep_top=True)
 
     after_commit(f"deleting the previous version in {folder}", delete_stale)
+    if stopped is not None:
+        raise stopped
     return [FileSystems.join(folder, name) for name in names]
 
 
@@ -457,12 +540,23 @@ _HELD_TOKENS: set[str] = set()
 
 class RunLock:
     """A lock file that keeps two runs off one output (a second run would delete the first's
-    live staging and publish over it). Creating it is atomic: locally with O_EXCL, on GCS with
-    the precondition ``ifGenerationMatch=0`` (the object is created only if absent; of two runs
-    racing, the storage service lets exactly one create it, the other gets 412). A lock whose
-    process is gone (same host, pid not running, or this process and not held) is taken over;
-    releasing deletes the lock only while it is still ours (locally its token, on GCS its
-    generation: ``ifGenerationMatch=<ours>``)."""
+    live staging and publish over it).
+
+    Locally, the run holds an exclusive ``flock`` on the lock file for its whole life (as the
+    run's temporary folder is held, ``cli.use_run_temp_dir``): the kernel lets it go when the
+    process ends in any way (SIGKILL, a crash, out of memory). A lock file nobody holds (left by
+    a dead run, or empty: killed before it wrote its record) is simply taken over; a held one is
+    refused, whatever the holder's PID namespace or host name (a container sharing the volume
+    and the host name): no pid is judged. The record in the file (job, host, pid, started,
+    token) only names the holder in the refusal. A run that locked a file deleted or replaced
+    meanwhile (its inode is not the path's any more) starts over. Releasing deletes the file
+    while still holding it, and only if the path still is that file, then lets it go.
+
+    On GCS, creating it is atomic with the precondition ``ifGenerationMatch=0`` (the object is
+    created only if absent; of two runs racing, the storage service lets exactly one create
+    it, the other gets 412). A lock whose process is gone (same host, pid not running, or this
+    process and not held) is taken over; releasing deletes the lock only while it is still ours
+    (its generation: ``ifGenerationMatch=<ours>``)."""
 
     def __init__(self, path: str, job: str, options: Optional[PipelineOptions] = None):
         self.path = path
@@ -471,6 +565,100 @@ class RunLock:
         self._options = options
         self._held = False
         self._generation: Optional[int] = None  # GCS: the generation our create made
+        self._file = None  # local: the open lock file we hold the flock of
+
+    # -- local (flock) -------------------------------------------------------------------------
+    # The open lock files of the locks this process holds, by token: held until release() (or
+    # the process's end) even if the RunLock object itself is dropped.
+    _open_files: dict = {}
+    # How often a run starts over because the file it locked was deleted or replaced meanwhile
+    # (each time another run released or took the lock in between) before it gives up.
+    _LOCAL_ATTEMPTS = 50
+
+    def _is_locked_file(self, handle) -> bool:
+        """Whether the path still names the file ``handle`` has open (not deleted, not
+        replaced by another lock file)."""
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(handle.fileno())
+        return (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
+
+    def _local_holder(self, handle) -> Optional[dict]:
+        """The record of the live run holding ``handle``'s file; None if empty or unreadable
+        (it may be writing it this very moment: read again a few times first)."""
+        for attempt in range(5):
+            try:
+                holder = json.loads(os.pread(handle.fileno(), 1 << 16, 0).decode("utf-8"))
+                if isinstance(holder, dict):
+                    return holder
+            except (OSError, ValueError):
+                pass
+            if attempt < 4:
+                time.sleep(0.05)
+        return None
+
+    def _let_go(self, handle, delete: bool) -> None:
+        """Deletes the lock file if ``delete`` and the path still is it (while still holding
+        it: no other run can hold that file now), then lets the flock go."""
+        try:
+            if delete and self._is_locked_file(handle):
+                os.unlink(self.path)
+        finally:
+            try:  # explicitly: a forked child sharing the descriptor must not keep it held
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            except OSError:
+                pass
+            handle.close()
+
+    def _acquire_local(self, record: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        for _ in range(self._LOCAL_ATTEMPTS):
+            descriptor = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                handle = os.fdopen(descriptor, "r+b", buffering=0)
+            except BaseException:
+                os.close(descriptor)
+                raise
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a live process holds it
+                holder = self._local_holder(handle)
+                handle.close()
+                if holder is None:
+                    raise SystemExit(
+                        f"{self.job}: another run holds {self.path} (a live process holds its "
+                        "lock; its record is empty or unreadable); wait for it to end") from None
+                raise SystemExit(
+                    f"{self.job}: another run holds {self.path} (pid {holder.get('pid', '?')} "
+                    f"on {holder.get('host', '?')}, started {holder.get('started', '?')}); "
+                    "wait for it to end (its lock is let go when its process ends)") from None
+            except BaseException:
+                handle.close()
+                raise
+            try:
+                if not self._is_locked_file(handle):  # deleted or replaced since: again
+                    self._let_go(handle, delete=False)
+                    continue
+                handle.seek(0)
+                handle.truncate()
+                data = record.encode("utf-8")
+                while data:
+                    data = data[handle.write(data):]
+            except BaseException:
+                # A lock file left here would not block the next run (nobody holds it), but
+                # is not left: deleted while still ours.
+                try:
+                    self._let_go(handle, delete=True)
+                except Exception as error:  # noqa: BLE001 - the first error is the one raised
+                    logging.warning("%s: could not delete the lock %s (%s); the next run takes "
+                                    "it over", self.job, self.path, error)
+                raise
+            self._file = RunLock._open_files[self.token] = handle
+            return
+        raise SystemExit(f"{self.job}: {self.path} was deleted or replaced {self._LOCAL_ATTEMPTS} "
+                         "times while taking it (other runs taking and releasing it); try again")
 
     # -- GCS (google-cloud-storage, configured as Beam's GcsIO configures it) ----------------
     def _gcs(self):
@@ -484,49 +672,33 @@ class RunLock:
         return client.bucket(bucket), name, gcsio_retry.get_retry(options)
 
     def _create(self, record: str) -> bool:
-        """Creates the lock file holding ``record`` if it does not exist; False if it does."""
-        if "://" in self.path:
-            from google.api_core import exceptions as api_exceptions
+        """Creates the lock object holding ``record`` if it does not exist; False if it does."""
+        from google.api_core import exceptions as api_exceptions
 
-            bucket, name, retry = self._gcs()
-            blob = bucket.blob(name)
-            # Not needed on GCS (the precondition decides), but a store that ignores it (the
-            # local emulator does) then still refuses a run that comes after the holder.
-            if blob.exists(retry=retry):
-                return False
-            try:
-                blob.upload_from_string(record.encode("utf-8"), content_type="application/json",
-                                        if_generation_match=0, retry=retry)
-            except api_exceptions.PreconditionFailed:
-                return False
-            self._generation = blob.generation
-            return True
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        try:
-            descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+        bucket, name, retry = self._gcs()
+        blob = bucket.blob(name)
+        # Not needed on GCS (the precondition decides), but a store that ignores it (the
+        # local emulator does) then still refuses a run that comes after the holder.
+        if blob.exists(retry=retry):
             return False
         try:
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(record)
-        except BaseException:  # an empty lock file would refuse every later run
-            _undo(self.path, lambda: os.remove(self.path))
-            raise
+            blob.upload_from_string(record.encode("utf-8"), content_type="application/json",
+                                    if_generation_match=0, retry=retry)
+        except api_exceptions.PreconditionFailed:
+            return False
+        self._generation = blob.generation
         return True
 
     def _holder(self) -> dict:
-        """The record in the lock file (with ``_generation`` on GCS); empty if unreadable."""
+        """The record in the lock object, with ``_generation``; empty if unreadable."""
         try:
-            if "://" in self.path:
-                bucket, name, retry = self._gcs()
-                blob = bucket.get_blob(name, retry=retry)
-                if blob is None:
-                    return {}
-                holder = json.loads(blob.download_as_bytes(
-                    if_generation_match=blob.generation, retry=retry).decode("utf-8"))
-                return {**holder, "_generation": blob.generation}
-            with open(self.path, "rb") as handle:
-                return json.loads(handle.read().decode("utf-8"))
+            bucket, name, retry = self._gcs()
+            blob = bucket.get_blob(name, retry=retry)
+            if blob is None:
+                return {}
+            holder = json.loads(blob.download_as_bytes(
+                if_generation_match=blob.generation, retry=retry).decode("utf-8"))
+            return {**holder, "_generation": blob.generation}
         except Exception:  # noqa: BLE001 - unreadable: treat as held by an unknown run
             return {}
 
@@ -548,11 +720,8 @@ class RunLock:
         return False
 
     def _delete(self, generation: Optional[int]) -> None:
-        """Deletes the lock file; on GCS only the generation given (NotFound and 412: it is
-        not that lock any more, and is left alone)."""
-        if "://" not in self.path:
-            os.remove(self.path)
-            return
+        """Deletes the lock object of the generation given (NotFound and 412: it is not that
+        lock any more, and is left alone)."""
         from google.api_core import exceptions as api_exceptions
 
         bucket, name, retry = self._gcs()
@@ -565,6 +734,10 @@ class RunLock:
         record = json.dumps({"job": self.job, "host": socket.gethostname(), "pid": os.getpid(),
                              "token": self.token,
                              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        if "://" not in self.path:
+            self._acquire_local(record)
+            self._held = True
+            return self
         holder: dict = {}
         # Held from before the create: a run of this process reading the lock meanwhile must
         # not take it for one a failed release left.
@@ -574,18 +747,12 @@ class RunLock:
                 created = self._create(record)
                 holder = {} if created else self._holder()
                 if created or holder.get("token") == self.token:  # ours (a retried create)
-                    if not created and "://" in self.path:
+                    if not created:
                         self._generation = holder.get("_generation")
                     self._held = True
                     return self
                 if self._stale(holder):
-                    if "://" in self.path:
-                        self._delete(holder.get("_generation"))
-                    else:
-                        try:
-                            os.remove(self.path)
-                        except FileNotFoundError:
-                            pass
+                    self._delete(holder.get("_generation"))
                     continue
                 break
         finally:
@@ -597,9 +764,11 @@ class RunLock:
             "delete that file if that run is gone")
 
     def release(self) -> None:
-        """Deletes the lock if it is still ours. A failure is logged, not raised (it must not
-        hide the run's own outcome): the lock left names this process, and is taken over by
-        the next run once this process is gone, or at once by a run in this process."""
+        """Deletes the lock if it is still ours (locally: the path still is the file we hold;
+        on GCS: our generation), then, locally, lets the flock go. A failure is logged, not
+        raised (it must not hide the run's own outcome): a local lock file left is held by
+        nobody once closed and is taken over by the next run; a GCS lock left names this
+        process, and is taken over once this process is gone, or at once by a run in it."""
         if not self._held:
             return
         self._held = False
@@ -607,8 +776,10 @@ class RunLock:
         try:
             if "://" in self.path:
                 self._delete(self._generation)
-            elif self._holder().get("token") == self.token:
-                os.remove(self.path)
+            else:
+                handle, self._file = self._file, None
+                RunLock._open_files.pop(self.token, None)
+                self._let_go(handle, delete=True)
         except Exception as error:  # noqa: BLE001
             logging.warning("%s: could not delete the lock %s (%s); the next run takes it over",
                             self.job, self.path, error)

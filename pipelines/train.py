@@ -338,22 +338,38 @@ def publish_model(staging: str, output_dir: str, version: str) -> str:
             launcher.move_file(FileSystems.join(staging, name), FileSystems.join(version_dir, name))
         launcher.write_atomically(manifest_path,
                                   json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
-    except BaseException:
-        # Not published: the previous model.json and its version are untouched; the new version
-        # folder (nothing names it) goes, so nothing half-new stays beside them.
-        try:
-            launcher.delete_tree(version_dir)
-        except Exception as error:  # noqa: BLE001 - the next publish deletes it
-            logging.error("train: could not remove %s after a failed publish: %s", version_dir,
-                          error)
-        raise
+    except BaseException as error:
+        def published_version() -> Optional[str]:
+            try:
+                with FileSystems.open(manifest_path) as handle:
+                    return json.loads(handle.read().decode("utf-8")).get("version")
+            except Exception:  # noqa: BLE001 - no model.json, or unreadable
+                return None
+
+        if published_version() != version:
+            # Not published: the previous model.json and its version are untouched; the new
+            # version folder (nothing names it) goes, so nothing half-new stays beside them.
+            try:
+                launcher.delete_tree(version_dir)
+            except Exception as undo_error:  # noqa: BLE001 - the next publish deletes it
+                logging.error("train: could not remove %s after a failed publish: %s",
+                              version_dir, undo_error)
+            raise
+        # model.json names the new version (the error came after its write: an interrupt, a
+        # lost GCS response): the new model is published, and its folder stays.
+        if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit: still ends the run
+            logging.warning("train: %s was published before the run was interrupted; the next "
+                            "run deletes what is left in %s", version_dir, staging)
+            raise
+        logging.warning("train: writing %s reported an error (%s) but it names the new version: "
+                        "%s is published", manifest_path, error, version_dir)
     # Published. What follows only tidies up: a failure is logged, the next publish retries.
     launcher.after_commit(f"deleting {staging}", lambda: launcher.delete_tree(staging))
     launcher.after_commit("removing the empty staging folder", lambda: launcher.remove_if_empty(
         FileSystems.join(output_dir, STAGING)))
     keep = {folder, f"{VERSION_PREFIX}{previous.get('version')}" if previous else None}
     for name in launcher.child_names(output_dir):
-        if name.startswith(VERSION_PREFIX) and name not in keep:
+        if is_version_name(name) and name not in keep:
             launcher.after_commit(f"deleting the old version {name}", lambda n=name: (
                 launcher.delete_tree(FileSystems.join(output_dir, n))))
     if previous and not previous.get("version"):  # the first layout: files at the top
@@ -369,28 +385,66 @@ def publish_model(staging: str, output_dir: str, version: str) -> str:
     return version_dir
 
 
-OWN_ENTRIES = (model_base.MODEL_FILE, STAGING, model_base.SONGS_FILE, SUMMARY_FILE, "rejected")
+# The versions this job makes (``_run``): 20261130T113916Z-bedc1dfc, UTC time and 8 hex digits.
+VERSION_PATTERN = r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}"
+# The entries of a folder holding a model (model.json) that are that model's: model.json and
+# the files of the first layout (beside its arrays, named in model.json).
+OWN_ENTRIES = (model_base.MODEL_FILE, model_base.SONGS_FILE, SUMMARY_FILE, "rejected")
+
+
+def is_version_name(name: str) -> bool:
+    """``name`` is a published version folder of the shape this job makes (``v-<version>``)."""
+    import re
+
+    return re.fullmatch(re.escape(VERSION_PREFIX) + VERSION_PATTERN, name) is not None
+
+
+def is_stale_own_entry(name: str, in_staging: bool) -> bool:
+    """What a run that did not finish leaves and the next run (holding the lock, so none of it
+    is live) deletes: in ``_staging/`` a staged version; in the model directory the temporary
+    file of model.json's atomic write. Never anything of another shape."""
+    import re
+
+    return re.fullmatch(own_patterns()[-1].split("/", 1)[1] if in_staging else own_patterns()[1],
+                        name) is not None
+
+
+def own_patterns() -> tuple[str, ...]:
+    """What is this job's in a model directory whatever else it holds
+    (``launcher.foreign_entries``): its versions ``v-<version>/``, and in ``_staging/`` its
+    lock and its staged versions; the temporary file of model.json's atomic write, left only
+    by a run killed during it. Nothing of another shape (``v-1.0``, another job's
+    ``_staging/…``) is this job's."""
+    import re
+
+    return (re.escape(VERSION_PREFIX) + VERSION_PATTERN,
+            rf"\.{re.escape(model_base.MODEL_FILE)}\.\d+\.tmp",
+            f"{STAGING}/{re.escape(LOCK_FILE)}", f"{STAGING}/{VERSION_PATTERN}")
 
 
 def _check_output_dir(output_dir: str, overwrite: bool) -> None:
-    """The model directory must be the product's: absent, empty, or a model this job wrote
-    (replaced only with --overwrite)."""
-    names = launcher.child_names(output_dir)
-    if not names:
-        return
+    """The model directory must be the product's: absent, empty, or holding only what this job
+    writes: a model (replaced only with --overwrite), its versions ``v-<version>/``, and in
+    ``_staging/`` its lock and the staged versions of runs that did not publish. Anything else,
+    ``v-…`` or ``_staging/…`` of another shape included, is refused naming it: the job deletes
+    old versions and stale staged ones, and never what it did not write."""
+    output_dir = output_dir.rstrip("/")
+    own = set()
     if FileSystems.exists(FileSystems.join(output_dir, model_base.MODEL_FILE)):
         if not overwrite:
             raise SystemExit(f"train: {output_dir} already holds a model; pass --overwrite to "
                              "replace it")
         manifest = model_base.read_manifest(output_dir)
         own = set(OWN_ENTRIES) | {d["file"] for d in manifest.get("arrays", {}).values()}
-    else:
-        own = {STAGING}
-    foreign = [n for n in names if n not in own and not n.startswith(VERSION_PREFIX)]
+    foreign = [name for name in launcher.foreign_entries(output_dir, (), "train", own_patterns())
+               if name not in own]
+    if foreign == [output_dir]:
+        raise SystemExit(f"train: --output_dir {output_dir} is a file, not a folder")
     if foreign:
+        shown = ", ".join(foreign[:8]) + (f", … ({len(foreign) - 8} more)" if len(foreign) > 8
+                                          else "")
         raise SystemExit(f"train: --output_dir {output_dir} holds files this product did not "
-                         f"write ({', '.join(foreign[:3])}{', …' if len(foreign) > 3 else ''}); "
-                         "choose a new or empty folder")
+                         f"write ({shown}); nothing was changed: choose a new or empty folder")
 
 
 def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
@@ -410,12 +464,17 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
             empty = launcher.patterns_matching_nothing(values)
             if empty:
                 raise SystemExit(f"train: --{flag}: no file matches {', '.join(empty)}")
+        # Refused before anything is made in it (the lock's folder); checked again below.
         _check_output_dir(output_dir, train_options.overwrite)
     # One run per model directory at a time: a second would delete the first's live staging
-    # and publish over it. The lock lives in the staging folder (the product's own).
+    # and publish over it. The lock lives in the staging folder (the product's own). The
+    # output folder is checked (again) under the lock: a run publishing between the first
+    # check and the lock would otherwise be published over by a run that check let through.
     lock = None if staging_only else launcher.RunLock(
         FileSystems.join(output_dir, STAGING, LOCK_FILE), "train", options).acquire()
     try:
+        if not staging_only:
+            _check_output_dir(output_dir, train_options.overwrite)
         return _run(options, train_options, output_dir, staging_only)
     finally:
         if lock:  # never raises: a failure here must not hide the run's own outcome
@@ -432,11 +491,14 @@ LOCK_FILE = "_train.lock"
 
 def _run(options, train_options, output_dir: str, staging_only: bool) -> Optional[dict]:
     """The job and the publication, under the run's lock."""
-    if not staging_only:  # what a killed run left in the staging (not the lock)
+    if not staging_only:  # what killed runs left: staged versions (none live: the lock)
         staging_root = FileSystems.join(output_dir, STAGING)
         for name in launcher.child_names(staging_root):
-            if name != LOCK_FILE:
+            if is_stale_own_entry(name, in_staging=True):
                 launcher.delete_matching(FileSystems.join(staging_root, name))
+        for name in launcher.child_names(output_dir):
+            if is_stale_own_entry(name, in_staging=False):
+                launcher.delete_matching(FileSystems.join(output_dir, name))
     version = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + \
         uuid.uuid4().hex[:8]
     staging = FileSystems.join(output_dir, STAGING, version)

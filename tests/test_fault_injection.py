@@ -594,26 +594,11 @@ def test_a_catalogue_read_during_a_feature_publish_sees_one_run_whole_or_is_refu
     the commit) that replaces 6 songs by 5: it reads the previous catalogue whole, the new one
     whole, or is refused by the catalogue's checks (features/ absent for an instant, or the new
     rows under the previous run_summary.json: the row count does not match) — never a mix."""
-    import tensorflow as tf
-
     output, args, _, replayed, retired_copy = features_job
     remember, *_ = features_checks(output, retired_copy)
     remember()
     before = catalogue_lib.load_catalogue(output)
-    # The next run's staged output: one song fewer (its rows and its counters).
-    smaller = replayed.cache + "_smaller"
-    if not os.path.isdir(smaller):
-        shutil.copytree(replayed.cache, smaller)
-        (shard,) = glob_files(os.path.join(smaller, "features"), ".tfrecord.gz")
-        records = list(catalogue_lib.tfrecord_records(shard))
-        with tf.io.TFRecordWriter(shard, options="GZIP") as writer:
-            for record in records[1:]:
-                writer.write(record)
-    monkeypatch.setattr(replayed, "cache", smaller)
-    counters = dict(replayed.counters)
-    counters["songs_seen"] -= 1
-    counters["songs_written"] -= 1
-    monkeypatch.setattr(replayed, "counters", counters)
+    _one_song_fewer(replayed, monkeypatch)  # the next run's staged output
     seen = []
 
     def read_catalogue(what):
@@ -649,3 +634,268 @@ def test_a_catalogue_read_during_a_feature_publish_sees_one_run_whole_or_is_refu
     monkeypatch.undo()
     features.run(args)  # back to the six songs for any later case
     remember()
+
+
+# -- an interrupt or a lost reply right after the commit (issue F6/F7/F8) ----------------------
+#
+# The commit write took effect, then an error came: Ctrl-C (KeyboardInterrupt), SIGTERM
+# (cli.Terminated, a SystemExit), or an OSError for a write that was stored (a GCS upload whose
+# reply was lost). Nothing may be put back under the new commit: the new output is published
+# whole and consistent; Ctrl-C / SIGTERM still stop the run, an OSError is logged.
+
+def _stop_after(write, stop):
+    """``launcher.write_atomically`` that writes, then raises ``stop()`` when ``write`` says so
+    for the path written."""
+    commit = launcher.write_atomically
+
+    def written_then_stopped(path, data):
+        commit(path, data)
+        if write(path):
+            raise stop()
+    return written_then_stopped
+
+
+STOPS = {
+    "ctrl-c": (lambda: KeyboardInterrupt(), KeyboardInterrupt),
+    "sigterm": (lambda: __import__("pipelines.cli").cli.Terminated(), SystemExit),
+    "stored but reported failed": (
+        lambda: OSError(errno.EIO, "upload reported failed (injected) after it was stored"),
+        None),
+}
+
+
+def _one_song_fewer(replayed, monkeypatch) -> None:
+    """The next replayed feature run stages one song fewer (its rows and its counters)."""
+    import tensorflow as tf
+
+    smaller = replayed.cache + "_smaller"
+    if not os.path.isdir(smaller):
+        shutil.copytree(replayed.cache, smaller)
+        (shard,) = glob_files(os.path.join(smaller, "features"), ".tfrecord.gz")
+        records = list(catalogue_lib.tfrecord_records(shard))
+        with tf.io.TFRecordWriter(shard, options="GZIP") as writer:
+            for record in records[1:]:
+                writer.write(record)
+    monkeypatch.setattr(replayed, "cache", smaller)
+    counters = dict(replayed.counters)
+    counters["songs_seen"] -= 1
+    counters["songs_written"] -= 1
+    monkeypatch.setattr(replayed, "counters", counters)
+
+
+@pytest.mark.parametrize("stop", sorted(STOPS))
+def test_a_stop_right_after_the_feature_commit_leaves_the_new_output_whole(
+        features_job, monkeypatch, caplog, stop):
+    """run_summary.json written (the commit), then Ctrl-C / SIGTERM / a reported failure: the
+    new summary over the NEW folders (the retired csv/ gone, 5 rows as the summary says), the
+    staging and what was replaced deleted, the lock released; Ctrl-C and SIGTERM are raised
+    again, a reported failure is logged and the run succeeds."""
+    output, args, _, replayed, retired_copy = features_job
+    remember, *_ = features_checks(output, retired_copy)
+    remember()
+    before = catalogue_lib.load_catalogue(output)
+    _one_song_fewer(replayed, monkeypatch)
+    make, raised = STOPS[stop]
+    committed = []
+
+    def is_commit(path):
+        if path == os.path.join(output, features.SUMMARY_FILE):
+            with builtins.open(path, "rb") as handle:
+                committed.append(handle.read())
+            return True
+        return False
+
+    monkeypatch.setattr(launcher, "write_atomically", _stop_after(is_commit, make))
+    if raised:
+        with pytest.raises(raised):
+            features.run(args)
+    else:
+        with caplog.at_level("WARNING"):
+            features.run(args)
+        assert "took effect" in caplog.text and "published" in caplog.text, caplog.text
+    assert len(committed) == 1
+    with builtins.open(os.path.join(output, features.SUMMARY_FILE), "rb") as handle:
+        assert handle.read() == committed[0]
+    catalogue = catalogue_lib.load_catalogue(output)  # checks rows against the summary
+    assert len(catalogue) == len(before) - 1 == json.loads(committed[0])["songs_written"]
+    assert not os.path.isdir(os.path.join(output, RETIRED)), "the previous csv/ was put back"
+    assert not leftovers(output) and not os.path.exists(os.path.join(output, features.LOCK_FILE))
+    monkeypatch.undo()
+    features.run(args)  # back to the six songs for any later case
+    remember()
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_a_stop_right_after_the_partition_marker_leaves_the_new_run_whole(
+        recommend_job, monkeypatch, stop):
+    """_SUCCESS.json naming this run written (the commit), then Ctrl-C / SIGTERM: it is raised
+    again (not swallowed), the partition is the new version alone and the report beside it is
+    the new run's (not the previous one put back, nor deleted with the staging); a rerun
+    cleans what the stop left in _staging."""
+    output, args, _, _ = recommend_job
+    partition = os.path.join(output, f"run_date={RUN_DATE}", "model=toy_reverse")
+    report_dir = os.path.join(output, "_reports", f"run_date={RUN_DATE}", "model=toy_reverse")
+    remember, _, _, check_clean = recommend_checks(output)
+    remember()
+    previous = launcher.partition_files(partition)
+    # This run's report says k=4: it can be told from the previous one (k=5) by its content.
+    args_k4 = list(args)
+    args_k4[args_k4.index("--k") + 1] = "4"
+    at_commit = []
+
+    def is_commit(path):
+        if path == os.path.join(partition, launcher.PUBLISHED_MARKER):
+            with builtins.open(os.path.join(report_dir, "run_summary.json"), "rb") as handle:
+                at_commit.append(handle.read())
+            return True
+        return False
+
+    make, raised = STOPS[stop]
+    monkeypatch.setattr(launcher, "write_atomically", _stop_after(is_commit, make))
+    with pytest.raises(raised):
+        recommend.run(args_k4)
+    monkeypatch.undo()
+    assert len(at_commit) == 1 and json.loads(at_commit[0])["k"] == 4
+    files = launcher.partition_files(partition)
+    assert files != previous and all(os.path.isfile(path) for path in files)
+    assert sorted(os.listdir(partition)) == sorted(
+        [os.path.basename(path) for path in files] + [launcher.PUBLISHED_MARKER])
+    with builtins.open(os.path.join(report_dir, "run_summary.json"), "rb") as handle:
+        assert handle.read() == at_commit[0], "the report is not the run the partition holds"
+    assert not check_clean()
+    assert [name for name in leftovers(output) if not name.startswith("_staging")] == []
+    staging = os.path.join(output, "_staging")
+    assert not any(name.endswith(".lock") for name in os.listdir(staging)), "lock left"
+    recommend.run(args)  # back to k=5; removes what the stop left in _staging
+    assert not check_clean() and not leftovers(output)
+    remember()
+
+
+def _publish(root, run_id: str, rows: bytes, report: bytes) -> tuple[str, str]:
+    staged = os.path.join(root, "_staging", run_id)
+    os.makedirs(os.path.join(staged, "rows"))
+    os.makedirs(os.path.join(staged, "report"))
+    with builtins.open(os.path.join(staged, "rows", "part-00000-of-00001.parquet"), "wb") as h:
+        h.write(rows)
+    with builtins.open(os.path.join(staged, "report", "run_summary.json"), "wb") as h:
+        h.write(report)
+    return os.path.join(staged, "rows"), os.path.join(staged, "report")
+
+
+@pytest.mark.parametrize("stop", sorted(STOPS) + ["not stored"])
+def test_publish_version_never_rolls_back_a_marker_that_took_effect(tmp_path, monkeypatch,
+                                                                    caplog, stop):
+    """publish_version's commit (the marker) reports an error or is interrupted after it was
+    stored (GCS: an upload stored, its reply lost): the new version and its report are
+    current, the previous version is deleted; Ctrl-C / SIGTERM are raised again, the lost
+    reply is logged. A marker write that did not take effect puts everything back."""
+    folder, report_dir = str(tmp_path / "out" / "part"), str(tmp_path / "out" / "report")
+    rows, report = _publish(tmp_path, "aaaaaaaaaaaa", b"old rows", b"old report")
+    launcher.publish_version(rows, folder, "aaaaaaaaaaaa", with_folders=[(report, report_dir)])
+    previous = launcher.partition_files(folder)
+    rows, report = _publish(tmp_path, "bbbbbbbbbbbb", b"new rows", b"new report")
+    marker = os.path.join(folder, launcher.PUBLISHED_MARKER)
+    if stop == "not stored":
+        def failing(path, data):
+            raise OSError(errno.EIO, "upload failed (injected)")
+        monkeypatch.setattr(launcher, "write_atomically", failing)
+        with pytest.raises(OSError):
+            launcher.publish_version(rows, folder, "bbbbbbbbbbbb",
+                                     with_folders=[(report, report_dir)])
+        assert launcher.partition_files(folder) == previous
+        assert sorted(os.listdir(folder)) == sorted(
+            [os.path.basename(p) for p in previous] + [launcher.PUBLISHED_MARKER])
+        with builtins.open(os.path.join(report_dir, "run_summary.json"), "rb") as handle:
+            assert handle.read() == b"old report"
+        return
+    make, raised = STOPS[stop]
+    monkeypatch.setattr(launcher, "write_atomically", _stop_after(lambda p: p == marker, make))
+    with caplog.at_level("WARNING"):
+        if raised:
+            with pytest.raises(raised):
+                launcher.publish_version(rows, folder, "bbbbbbbbbbbb",
+                                         with_folders=[(report, report_dir)])
+        else:
+            launcher.publish_version(rows, folder, "bbbbbbbbbbbb",
+                                     with_folders=[(report, report_dir)])
+    assert "published" in caplog.text
+    if not raised:
+        assert "reported an error" in caplog.text and "upload reported failed" in caplog.text
+    files = launcher.partition_files(folder)
+    assert [os.path.basename(p) for p in files] == ["part-bbbbbbbbbbbb-00000-of-00001.parquet"]
+    assert sorted(os.listdir(folder)) == sorted(
+        [os.path.basename(p) for p in files] + [launcher.PUBLISHED_MARKER])
+    with builtins.open(files[0], "rb") as handle:
+        assert handle.read() == b"new rows"
+    assert sorted(os.listdir(report_dir)) == ["run_summary.json"]
+    with builtins.open(os.path.join(report_dir, "run_summary.json"), "rb") as handle:
+        assert handle.read() == b"new report", "the previous report was put back"
+    assert not [name for name in leftovers(str(tmp_path / "out"))]
+
+
+# A feature CLI run that sends itself SIGTERM right after the Nth call of a launcher function
+# whose first argument contains a text (the signal is real; its handler is pipelines.cli's).
+SIGTERM_HOOK = """
+import os, signal, sys
+from pipelines import cli
+cli.quiet_native_logs()
+from pipelines import launcher
+function, text, nth = sys.argv[1], sys.argv[2], int(sys.argv[3])
+original, calls = getattr(launcher, function), []
+def hooked(*args, **kwargs):
+    result = original(*args, **kwargs)
+    if text in str(args[0]):
+        calls.append(args[0])
+        if len(calls) == nth:
+            os.kill(os.getpid(), signal.SIGTERM)
+    return result
+setattr(launcher, function, hooked)
+sys.argv = ["features"] + sys.argv[4:]
+from pipelines import features
+cli.run_main("features", features.main)
+"""
+
+
+@pytest.mark.parametrize("function, text, nth, after", [
+    ("move_folder", "", 3, "mid-publish"),
+    ("write_atomically", "run_summary.json", 1, "after the commit")])
+def test_a_sigterm_during_a_feature_publish_unwinds_and_exits_143(
+        features_job, tmp_path, function, text, nth, after):
+    """A real SIGTERM to a feature CLI run while it publishes: mid-publish (a folder moved in,
+    the next previous one moved aside), the previous output is put back whole; right after the
+    commit, the new output (5 songs) is published whole. Either way: one line "features:
+    terminated", status 143, no temporary folder left, the lock released."""
+    output, args, _, _, _ = features_job
+    copy = str(tmp_path / "out")
+    shutil.copytree(output, copy)
+    before = snapshot(copy)
+    previous_rows = len(catalogue_lib.load_catalogue(copy))
+    fewer = tmp_path / "input"
+    fewer.mkdir()
+    for path in glob_files(args[args.index("--input") + 1], ".h5")[1:]:
+        shutil.copy(path, fewer / os.path.basename(path))
+    hook = tmp_path / "hook.py"
+    hook.write_text(SIGTERM_HOOK)
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(features.__file__)))
+    env = dict(os.environ, TMPDIR=str(temp),
+               PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
+    import subprocess
+    import sys
+    done = subprocess.run(
+        [sys.executable, str(hook), function, text, str(nth), "--input", str(fewer),
+         "--output_dir", copy, "--overwrite"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 143, done.stderr[-3000:]
+    assert done.stderr.rstrip().endswith("features: terminated"), done.stderr[-3000:]
+    assert os.listdir(temp) == [], "the temporary folder was left"
+    assert not os.path.exists(os.path.join(copy, features.LOCK_FILE)), "the lock was left"
+    if after == "mid-publish":
+        now = snapshot(copy)
+        assert now == before, differences(before, now)
+        assert len(catalogue_lib.load_catalogue(copy)) == previous_rows
+    else:
+        catalogue = catalogue_lib.load_catalogue(copy)  # checks rows against the summary
+        assert len(catalogue) == previous_rows - 1
+        assert not leftovers(copy)

@@ -311,17 +311,26 @@ def test_a_device_or_pipe_as_input_is_refused_not_read_without_bound(tmp_path):
 
 def test_a_second_run_on_one_output_dir_is_refused_while_the_first_runs(real_msd_dir, tmp_path):
     """The second run would delete the first's live staging (it died inside TFT); now it is
-    refused naming the first, whose lock is released when it ends."""
+    refused naming the first, whose lock (an flock it holds for its whole life) is let go when
+    it ends; the lock file it leaves, held by nobody, is taken over."""
     import socket
+
+    from tests.test_train_pipeline import hold_flock
 
     output = tmp_path / "out"
     output.mkdir()
     lock = output / features.LOCK_FILE
     lock.write_text(json.dumps({"job": "features", "host": socket.gethostname(),
-                                "pid": os.getppid(), "started": "2026-11-30T08:00:00Z"}))
-    with pytest.raises(SystemExit, match=rf"another run holds .*{features.LOCK_FILE}"):
-        features.run(["--input", str(real_msd_dir), "--output_dir", str(output)])
-    lock.unlink()
+                                "pid": 4242, "started": "2026-11-30T08:00:00Z"}))
+    holder = hold_flock(lock)
+    try:
+        with pytest.raises(SystemExit, match=rf"another run holds .*{features.LOCK_FILE} "
+                                             r"\(pid 4242 on "):
+            features.run(["--input", str(real_msd_dir), "--output_dir", str(output)])
+        assert lock.exists()
+    finally:
+        holder.kill()
+        holder.wait()
     assert features.run(["--input", str(real_msd_dir), "--output_dir", str(output)])[
         "files_reconcile"]
     assert not lock.exists()
@@ -483,3 +492,65 @@ def test_song_fields_reach_every_output_and_old_folders_still_read(real_msd_dir,
     assert sorted(old_songs, key=lambda s: s["track_id"]) == [
         {k: v for k, v in s.items() if k not in NEW_SONG_FIELDS}
         for s in sorted(songs, key=lambda s: s["track_id"])]
+
+
+# --- the feature job deletes only what it created (issue 14, F3) ----------------------------
+
+def test_an_output_dir_holding_the_users_files_is_refused_and_left_as_it_was(real_msd_dir,
+                                                                             tmp_path):
+    """``<output_dir>/_staging`` used to be deleted wholesale, without --overwrite: a user's
+    ``_staging/thesis.txt`` was gone. Anything that is not the feature job's own is refused,
+    named, and left as it was."""
+    output = tmp_path / "proj"
+    (output / "_staging").mkdir(parents=True)
+    (output / "_staging" / "thesis.txt").write_text("draft")
+    (output / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match=r"holds files this job did not write "
+                                         r"\(_staging/thesis.txt, notes.txt\)"):
+        features.run(["--input", str(real_msd_dir / "A"), "--output_dir", str(output)])
+    assert (output / "_staging" / "thesis.txt").read_text() == "draft"
+    assert (output / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in output.iterdir()) == ["_staging", "notes.txt"]
+
+
+def test_a_recommendation_output_or_another_jobs_staging_is_refused_untouched(real_msd_dir,
+                                                                              tmp_path):
+    """The recommendation and training jobs stage in ``<output>/_staging/`` too (their locks
+    and staged rows): a feature run there used to wipe a live run's staging."""
+    recs = tmp_path / "recs"
+    partition = recs / "run_date=2026-11-30" / "model=itemcf"
+    partition.mkdir(parents=True)
+    (partition / "part-0.parquet").write_text("rows")
+    live = recs / "_staging" / "run_date=2026-11-30-itemcf-0123456789ab" / "rows"
+    live.mkdir(parents=True)
+    (live / "part-0.parquet").write_text("staged rows")
+    (recs / "_staging" / "run_date=2026-11-30-itemcf.lock").write_text("{}")
+    model = tmp_path / "model"
+    (model / "_staging").mkdir(parents=True)
+    (model / "_staging" / "_train.lock").write_text("{}")
+    before = {path: sorted(str(p) for p in path.rglob("*")) for path in (recs, model)}
+    with pytest.raises(SystemExit, match=r"did not write \(_staging/run_date=2026-11-30-itemcf-"
+                                         r"0123456789ab, _staging/run_date=2026-11-30-itemcf"
+                                         r"\.lock, run_date=2026-11-30\)"):
+        features.run(["--input", str(real_msd_dir / "A"), "--output_dir", str(recs)])
+    with pytest.raises(SystemExit, match=r"did not write \(_staging/_train.lock\)"):
+        features.run(["--input", str(real_msd_dir / "A"), "--output_dir", str(model)])
+    assert {path: sorted(str(p) for p in path.rglob("*")) for path in (recs, model)} == before
+    assert (live / "part-0.parquet").read_text() == "staged rows"
+
+
+def test_a_killed_runs_own_staging_is_cleared_by_the_next_run(real_msd_dir, tmp_path):
+    """A killed feature run leaves ``_staging/features-<run id>/`` and the temporary file of
+    the summary's atomic write: the next run (holding the feature lock, so none of it is live)
+    deletes them, and leaves only its outputs."""
+    output = tmp_path / "out"
+    killed = output / features.STAGING / "features-0123456789ab" / "features"
+    killed.mkdir(parents=True)
+    (killed / "part-00000-of-00001.tfrecord.gz").write_bytes(b"half")
+    (output / ".run_summary.json.4242.tmp").write_text("{")
+    summary = features.run(["--input", str(real_msd_dir / "A"), "--output_dir", str(output)])
+    assert summary["songs_written"] == 2
+    assert sorted(p.name for p in output.iterdir()) == sorted(
+        features.OUTPUT_SUBDIRS + (features.SUMMARY_FILE,))
+    # A rerun's staging is named as the feature job's own.
+    assert features.own_patterns()[-1] == f"{features.STAGING}/{features.STAGED_RUN_PATTERN}"

@@ -10,7 +10,7 @@ import pytest
 
 from pipelines import cli, launcher, recommend
 from recommend.models import base
-from tests.test_train_pipeline import ReverseIdModel
+from tests.test_train_pipeline import ReverseIdModel, hold_flock
 
 RUN_DATE = "2026-11-24"
 
@@ -204,8 +204,9 @@ def test_a_feature_folder_that_no_longer_matches_its_summary_is_refused(
 def test_a_second_run_of_the_same_partition_is_refused_while_the_first_holds_it(
         toy_model, synthetic_sample, tmp_path):
     """Two runs of one (output, run_date, model): the second would delete the first's live
-    staging and publish over it; it is refused, naming the first. A lock left by a run whose
-    process is gone is taken over."""
+    staging and publish over it; it is refused, naming the first. The first holds the lock
+    file's flock for its whole life (its pid need not be visible here: another PID namespace);
+    a lock file nobody holds (its process is gone) is taken over."""
     import json
     import socket
 
@@ -213,14 +214,15 @@ def test_a_second_run_of_the_same_partition_is_refused_while_the_first_holds_it(
     lock = output / "_staging" / f"run_date={RUN_DATE}-toy_reverse.lock"
     lock.parent.mkdir(parents=True)
     lock.write_text(json.dumps({"job": "recommend", "host": socket.gethostname(),
-                                "pid": os.getppid(), "started": "2026-11-24T03:00:00Z"}))
-    with pytest.raises(SystemExit, match=rf"another run holds .*{lock.name} \(pid {os.getppid()}"):
-        recommend.run(job_args(toy_model, synthetic_sample.triplets_path, output))
-    assert lock.exists()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
-    lock.write_text(json.dumps({"job": "recommend", "host": socket.gethostname(),
-                                "pid": int(dead), "started": "2026-11-24T03:00:00Z"}))
+                                "pid": 4242, "started": "2026-11-24T03:00:00Z"}))
+    holder = hold_flock(lock)
+    try:
+        with pytest.raises(SystemExit, match=rf"another run holds .*{lock.name} \(pid 4242 on "):
+            recommend.run(job_args(toy_model, synthetic_sample.triplets_path, output))
+        assert lock.exists()
+    finally:
+        holder.kill()
+        holder.wait()
     assert recommend.run(job_args(toy_model, synthetic_sample.triplets_path, output))[
         "users_written"] > 0
     assert not lock.exists()

@@ -353,3 +353,22 @@ def test_content_inputs_encode_the_song_fields_and_their_unknown_values():
     assert matrix[:, names.index("mode_major")].tolist() == [1, 0, 0, 1]
     signature = matrix[:, names.index(f"time_signature_{TIME_SIGNATURES[0]}"):]
     assert signature.sum(axis=1).tolist() == [1, 1, 0, 1]  # 0: none found, no column set
+
+
+def test_a_hybrid_without_the_blend_stores_no_content_columns_and_ranks_by_its_factors(tmp_path):
+    """Weight 0 (the validation chose no blend): ``content`` has no columns, the model
+    round-trips, and its lists are the ALS scores of its factors alone."""
+    model = hybrid_with_cold_songs()
+    plain = HybridModel(model.song_ids, model.item_factors, model.popularity.listeners,
+                        model.trained, np.zeros((30, 0), np.float32),
+                        regularization=0.5, alpha=3.0)
+    base.save_model(plain, str(tmp_path / "m"))
+    loaded = models.load_model(str(tmp_path / "m"))
+    assert loaded.content.shape == (30, 0)
+    histories = [np.array([0, 3, 7]), np.array([5]), np.arange(2, 20, 3)]
+    counts = [np.arange(1, len(h) + 1) for h in histories]
+    ranked = loaded.recommend(histories, counts, k=10)
+    scores = loaded.user_factors(histories, counts) @ loaded.item_factors.T.astype(np.float64)
+    for user, history in enumerate(histories):
+        scores[user, history] = -np.inf
+        assert ranked.rows[user].tolist() == np.lexsort((np.arange(30), -scores[user]))[:10].tolist()

@@ -102,17 +102,18 @@ def test_a_failing_recommend_run_leaves_nothing_and_debug_keeps_its_folder(synth
 
 def test_a_terminated_recommend_run_removes_its_temporary_folder(features_run, synthetic_sample,
                                                                  tmp_path):
-    """SIGTERM while the job runs (its temporary files made): the folder goes, and the process
-    still ends as terminated."""
+    """SIGTERM while the job runs (its temporary files made): the run unwinds as after Ctrl-C
+    (cli.Terminated), the folder goes, and the process ends with one line and status 143
+    (128 + SIGTERM)."""
     features, _, made = features_run
     assert made.returncode == 0, made.stderr[-3000:]
     temp = tmp_path / "temp"
     temp.mkdir()
+    stderr = open(tmp_path / "stderr.txt", "w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "pipelines.recommend",
          *map(str, recommend_args(features, synthetic_sample.triplets_path, tmp_path / "out"))],
-        env=dict(os.environ, TMPDIR=str(temp)), stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
+        env=dict(os.environ, TMPDIR=str(temp)), stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and process.poll() is None:
@@ -122,11 +123,16 @@ def test_a_terminated_recommend_run_removes_its_temporary_folder(features_run, s
             time.sleep(0.05)
         assert process.poll() is None, "the run ended before it made temporary files"
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == -signal.SIGTERM
+        status = process.wait(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+        stderr.seek(0)
+        said = stderr.read()
+        stderr.close()
+    assert status == 128 + signal.SIGTERM, said[-3000:]
+    assert "recommend: terminated" in said, said[-3000:]
     assert left_in(temp) == []
 
 

@@ -2,6 +2,7 @@
 real Taste Profile listening data, per-model partitions, a toy model plugged into the seam,
 songs with several tracks, and the Dataflow graph of the training job."""
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -97,11 +98,32 @@ def test_an_output_dir_holding_the_users_files_is_refused(synthetic_sample, tmp_
     assert (mine / "notes.txt").read_text() == "mine"
 
 
+# A process that holds the flock of a lock file (as a live run does) until it is killed.
+HOLD_FLOCK = ("import fcntl, os, sys, time\n"
+              "fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR, 0o644)\n"
+              "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+              "print('held', flush=True)\n"
+              "time.sleep(120)\n")
+
+
+def hold_flock(path) -> subprocess.Popen:
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_FLOCK, str(path)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def dead_pid() -> int:
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout)
+
+
 def test_a_second_training_run_on_one_output_dir_is_refused_while_the_first_holds_it(tmp_path):
     """Two training runs on one --output_dir: the second would delete the first's live staging
-    and publish over it. A run holds ``_staging/_train.lock`` (made atomically, naming its
-    process): while that process lives, a second run is refused naming it and touches nothing;
-    once it is gone, the next run takes the lock over, publishes and leaves no staging."""
+    and publish over it. A run holds ``_staging/_train.lock`` (an flock for its whole life, the
+    file naming its process): while it is held, a second run is refused naming the holder and
+    touches nothing; once the holder is gone, the next run takes the lock over, publishes and
+    leaves no staging."""
     listens = tmp_path / "listens.txt"
     listens.write_text("".join(f"{c * 40}\tSOAAAAAAAAAAAAAAAA\t1\n{c * 40}\tSOBBBBBBBBBBBBBBBB\t2\n"
                                for c in "abc"))
@@ -110,14 +132,13 @@ def test_a_second_training_run_on_one_output_dir_is_refused_while_the_first_hold
     first_staging.mkdir(parents=True)
     (first_staging / "songs.txt").write_text("the first run's live staging\n")
     lock = output / train.STAGING / train.LOCK_FILE
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    lock.write_text(json.dumps({"job": "train", "host": socket.gethostname(), "pid": 4242,
+                                "token": "first", "started": "2026-11-30T00:00:00Z"}))
+    holder = hold_flock(lock)
     try:
-        lock.write_text(json.dumps({"job": "train", "host": socket.gethostname(),
-                                    "pid": holder.pid, "token": "first",
-                                    "started": "2026-11-30T00:00:00Z"}))
         args = ["--listens", str(listens), "--output_dir", str(output)]
         with pytest.raises(SystemExit, match=rf"train: another run holds {lock} \(pid "
-                                             rf"{holder.pid} on .*started 2026-11-30T00:00:00Z"):
+                                             rf"4242 on .*started 2026-11-30T00:00:00Z"):
             train.run(args)
         assert json.loads(lock.read_text())["token"] == "first"
         assert (first_staging / "songs.txt").exists() and not (output / "model.json").exists()
@@ -127,6 +148,210 @@ def test_a_second_training_run_on_one_output_dir_is_refused_while_the_first_hold
     summary = train.run(args)  # the holder is gone: its lock is taken over
     assert summary["users_in_model"] == 3 and (output / "model.json").exists()
     assert sorted(p.name for p in output.iterdir()) == ["model.json", f"v-{summary['version']}"]
+
+
+def test_two_runs_taking_over_one_stale_lock_at_once_exactly_one_holds_it(tmp_path, monkeypatch):
+    """F1: a lock left by a killed run (its pid not running on this host) and two runs taking
+    it over at once, both past opening it before either locks it (a barrier in the flock):
+    exactly one holds it, the other is refused naming it. The lock used to be judged stale by
+    its pid and deleted without checking it still was that stale lock: both ran."""
+    import threading
+    import time
+
+    from pipelines import launcher
+
+    path = tmp_path / "out" / "_features.lock"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"job": "features", "host": socket.gethostname(),
+                                "pid": dead_pid(), "token": "x", "started": "2026"}))
+    real_flock, barrier = launcher.fcntl.flock, threading.Barrier(2, timeout=30)
+
+    def flock(fd, operation):
+        racer = threading.current_thread().name.startswith("racer")
+        if racer and operation & launcher.fcntl.LOCK_EX:
+            barrier.wait()  # both racers have the same lock file open
+        return real_flock(fd, operation)
+    monkeypatch.setattr(launcher.fcntl, "flock", flock)
+    # The race as it was (holders judged by pid): both racers judged the stale holder before
+    # either deleted it, the second a moment later (it then deleted the first's new lock).
+    real_stale, judged = launcher.RunLock._stale, threading.Barrier(2, timeout=30)
+
+    def stale(self, holder):
+        verdict = real_stale(self, holder)
+        if verdict and threading.current_thread().name.startswith("racer"):
+            judged.wait()
+            time.sleep(0.3 if threading.current_thread().name == "racer1" else 0)
+        return verdict
+    monkeypatch.setattr(launcher.RunLock, "_stale", stale)
+    results = {}
+
+    def race(i):
+        try:
+            results[i] = launcher.RunLock(str(path), f"features#{i}").acquire()
+        except SystemExit as refused:
+            results[i] = str(refused)
+    racers = [threading.Thread(target=race, args=(i,), name=f"racer{i}") for i in range(2)]
+    [racer.start() for racer in racers]
+    [racer.join(60) for racer in racers]
+    winners = [r for r in results.values() if isinstance(r, launcher.RunLock)]
+    refused = [r for r in results.values() if isinstance(r, str)]
+    assert len(winners) == 1 and len(refused) == 1, results
+    assert f"another run holds {path} (pid {os.getpid()} on {socket.gethostname()}" in refused[0]
+    assert json.loads(path.read_text())["token"] == winners[0].token
+    winners[0].release()
+    assert not path.exists()
+
+
+def test_a_run_that_locked_a_lock_file_deleted_meanwhile_starts_over(tmp_path, monkeypatch):
+    """A run opens the lock file; before it locks it, the holder releases it (deletes it) and a
+    third run makes and holds a new one. The first run's flock then succeeds on the deleted
+    file: it sees the path is another file now, starts over and is refused by the third."""
+    import threading
+
+    from pipelines import launcher
+
+    path = str(tmp_path / "_features.lock")
+    first = launcher.RunLock(path, "features#1").acquire()
+    real_flock, opened, go = launcher.fcntl.flock, threading.Event(), threading.Event()
+
+    def flock(fd, operation):
+        if threading.current_thread().name == "late" and not opened.is_set():
+            opened.set()
+            assert go.wait(30)
+        return real_flock(fd, operation)
+    monkeypatch.setattr(launcher.fcntl, "flock", flock)
+    outcome = []
+
+    def late():
+        try:
+            outcome.append(launcher.RunLock(path, "features#2").acquire())
+        except SystemExit as refused:
+            outcome.append(str(refused))
+    thread = threading.Thread(target=late, name="late")
+    thread.start()
+    assert opened.wait(30)  # features#2 has the first lock file open, not locked
+    first.release()
+    third = launcher.RunLock(path, "features#3").acquire()
+    go.set()
+    thread.join(60)
+    assert len(outcome) == 1 and isinstance(outcome[0], str), outcome
+    assert "another run holds" in outcome[0]
+    assert json.loads(open(path).read())["token"] == third.token
+    third.release()
+    assert not os.path.exists(path)
+
+
+def test_a_lock_held_by_a_live_process_whose_pid_is_not_visible_is_refused(tmp_path):
+    """F2: a run in another PID namespace (a container sharing the host name and the volume):
+    its record names a pid that is not running here, but it holds the lock: refused, naming
+    it. Once it is gone, the lock is taken over."""
+    from pipelines import launcher
+
+    path = tmp_path / "_staging" / "x.lock"
+    path.parent.mkdir()
+    gone = dead_pid()
+    path.write_text(json.dumps({"job": "recommend", "host": socket.gethostname(), "pid": gone,
+                                "token": "other", "started": "2026-11-30T01:00:00Z"}))
+    holder = hold_flock(path)
+    try:
+        with pytest.raises(SystemExit, match=rf"another run holds {path} \(pid {gone} on "):
+            launcher.RunLock(str(path), "recommend").acquire()
+        assert json.loads(path.read_text())["token"] == "other"
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = launcher.RunLock(str(path), "recommend").acquire()
+    assert json.loads(path.read_text())["token"] == lock.token
+    lock.release()
+    assert not path.exists()
+
+
+def test_an_empty_lock_file_is_taken_over_unless_it_is_held(tmp_path):
+    """F9: a run killed between making its lock file and writing it leaves it empty: nobody
+    holds it, it is taken over. An empty one that is held (its run is writing it) is refused,
+    saying the record cannot be read (not ``pid ? on ?``)."""
+    from pipelines import launcher
+
+    path = tmp_path / "x.lock"
+    path.write_bytes(b"")
+    lock = launcher.RunLock(str(path), "features").acquire()
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not path.exists()
+    path.write_bytes(b"")
+    holder = hold_flock(path)
+    try:
+        with pytest.raises(SystemExit, match=r"another run holds .*x\.lock \(a live process "
+                                             r"holds its lock; its record is empty or unreadable"):
+            launcher.RunLock(str(path), "features").acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert path.read_bytes() == b""
+
+
+def test_the_output_dir_is_checked_under_the_lock(tmp_path, monkeypatch):
+    """F15: a run that passed the output check, then waited for the lock while another run
+    published a model there, is refused once it holds the lock (no --overwrite): the other
+    run's model is not published over."""
+    from pipelines import launcher
+
+    listens = tmp_path / "listens.txt"
+    listens.write_text("".join(f"{c * 40}\tSOAAAAAAAAAAAAAAAA\t1\n{c * 40}\tSOBBBBBBBBBBBBBBBB\t2\n"
+                               for c in "abc"))
+    output = tmp_path / "m"
+    args = ["--listens", str(listens), "--output_dir", str(output)]
+    acquire, published = launcher.RunLock.acquire, []
+
+    def acquire_after_another_run_published(self):
+        if not published:  # the other run publishes between this run's check and its lock
+            published.append(None)
+            published.append(train.run(args))
+        return acquire(self)
+    monkeypatch.setattr(launcher.RunLock, "acquire", acquire_after_another_run_published)
+    with pytest.raises(SystemExit, match="already holds a model; pass --overwrite"):
+        train.run(args)
+    assert base.read_manifest(str(output))["version"] == published[1]["version"]
+    assert sorted(p.name for p in output.iterdir()) == [
+        "model.json", f"v-{published[1]['version']}"]
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, OSError])
+def test_an_error_after_model_json_was_written_keeps_the_published_version(
+        error, tmp_path, monkeypatch):
+    """F5: an interrupt (Ctrl-C) or an error reported after model.json was written (a lost GCS
+    response): model.json names the new version, so its folder stays and the model loads.
+    An interrupt still ends the run; an error is logged and the run goes on as published."""
+    from pipelines import launcher
+
+    listens = tmp_path / "listens.txt"
+    listens.write_text("".join(f"{c * 40}\tSOAAAAAAAAAAAAAAAA\t1\n{c * 40}\tSOBBBBBBBBBBBBBBBB\t2\n"
+                               for c in "abc"))
+    output = tmp_path / "m"
+    args = ["--listens", str(listens), "--output_dir", str(output), "--overwrite"]
+    previous = train.run(args)
+    write = launcher.write_atomically
+
+    def write_then_fail(path, data, *rest, **kwargs):
+        result = write(path, data, *rest, **kwargs)
+        if path.endswith(base.MODEL_FILE):
+            raise error("injected right after model.json was written")
+        return result
+    monkeypatch.setattr(launcher, "write_atomically", write_then_fail)
+    if error is KeyboardInterrupt:
+        with pytest.raises(KeyboardInterrupt):
+            train.run(args)
+    else:
+        summary = train.run(args)
+        assert base.read_manifest(str(output))["version"] == summary["version"]
+    version = base.read_manifest(str(output))["version"]
+    assert version != previous["version"] and (output / f"v-{version}").is_dir()
+    assert models.load_model(str(output)).num_songs() == 2
+    assert not (output / train.STAGING / train.LOCK_FILE).exists()
+    monkeypatch.undo()
+    again = train.run(args)  # a clean run afterwards: no staging left, two versions
+    assert sorted(p.name for p in output.iterdir()) == sorted(
+        ["model.json", f"v-{version}", f"v-{again['version']}"])
 
 
 def test_every_used_listen_is_in_the_model_or_a_dead_letter(tmp_path):
@@ -294,3 +519,57 @@ def test_dataflow_graph_of_the_training_job():
 def test_bad_training_options_are_explained(args, message, tmp_path):
     with pytest.raises(SystemExit, match=message):
         train.run(["--listens", "l.txt", "--output_dir", str(tmp_path / "m")] + args)
+
+
+# --- the training job deletes only what it created (issue 14, F4) ---------------------------
+
+def tiny_listens(folder):
+    listens = folder / "listens.txt"
+    listens.write_text("".join(f"{c * 40}\tSOAAAAAAAAAAAAAAAA\t1\n{c * 40}\tSOBBBBBBBBBBBBBBBB\t2\n"
+                               for c in "abc"))
+    return str(listens)
+
+
+@pytest.mark.parametrize("entry", ["v-1.0/NOTES.txt", "_staging/thesis.txt",
+                                   "v-20261130T113916Z-bedc1dfc-mine/NOTES.txt",
+                                   "_staging/run_date=2026-11-30-itemcf.lock",
+                                   "_staging/20261130T113916Z/notes.txt"])
+def test_entries_not_of_the_jobs_own_shape_are_refused_and_kept(entry, tmp_path):
+    """Any ``v-*`` folder and everything in ``_staging/`` used to count as the job's own (and
+    be deleted without --overwrite): only ``v-<version>`` and ``_staging/<version>`` of the
+    shape the job makes (20261130T113916Z-bedc1dfc) and its lock are."""
+    import re
+
+    output = tmp_path / "proj"
+    path = output / entry
+    path.parent.mkdir(parents=True)
+    path.write_text("mine")
+    shown = entry.split("/")[0] if entry.startswith("v-") else "/".join(entry.split("/")[:2])
+    with pytest.raises(SystemExit, match=rf"holds files this product did not write "
+                                         rf"\({re.escape(shown)}\)"):
+        train.run(["--listens", tiny_listens(tmp_path), "--output_dir", str(output)])
+    assert path.read_text() == "mine"
+    assert sorted(str(p.relative_to(output)) for p in output.rglob("*")) == sorted(
+        {entry} | {str(parent.relative_to(output)) for parent in path.parents
+                   if parent != output and output in parent.parents})
+
+
+def test_a_foreign_entry_beside_a_model_is_refused_even_with_overwrite(tmp_path):
+    output = tmp_path / "model"
+    args = ["--listens", tiny_listens(tmp_path), "--output_dir", str(output)]
+    first = train.run(args)
+    (output / "v-old").mkdir()
+    with pytest.raises(SystemExit, match=r"did not write \(v-old\)"):
+        train.run(args + ["--overwrite"])
+    assert (output / "v-old").is_dir() and (output / f"v-{first['version']}").is_dir()
+    assert train.is_version_name(f"v-{first['version']}") and not train.is_version_name("v-old")
+
+
+def test_a_killed_runs_own_staging_is_cleared_by_the_next_run(tmp_path):
+    output = tmp_path / "model"
+    killed = output / train.STAGING / "20261130T000000Z-0123abcd"
+    killed.mkdir(parents=True)
+    (killed / "songs.txt").write_text("a killed run's staging\n")
+    (output / ".model.json.4242.tmp").write_text("{")
+    summary = train.run(["--listens", tiny_listens(tmp_path), "--output_dir", str(output)])
+    assert sorted(p.name for p in output.iterdir()) == ["model.json", f"v-{summary['version']}"]

@@ -48,7 +48,7 @@ enters a user's system only when the user listened to it.
 
 Model directory: ALS's arrays (``item_factors`` for the whole catalogue, ``listeners``) plus
 ``trained`` (bool per song: ALS factors, or predicted) and ``content`` (float32 [songs,
-columns]: the weighted unit content vectors; all zeros when the weight is 0). The network
+columns]: the weighted unit content vectors; no columns when the weight is 0). The network
 itself is not stored: the catalogue is every song with features at training time, and a song
 added later is scored after the next training run.
 """
@@ -409,9 +409,13 @@ def choose_blend(item_factors: np.ndarray, content: np.ndarray, trained: np.ndar
     best = int(np.flatnonzero(gap.mean(axis=1) <= error)[0])
     ratio = mixed[best].mean(axis=1) / alone.mean()
     within = ratio >= 1.0 - warm_map_loss
-    chosen = max((len(within) if within.all() else int(np.argmin(within))) - 1, 0)
+    chosen = (len(within) if within.all() else int(np.argmin(within))) - 1
+    how = "validation"
+    if chosen < 0:  # even the smallest scale costs more than the budget: take it, and say so
+        chosen, how = 0, (f"validation: no scale of the grid keeps the budget, the smallest "
+                          f"({SCALE_GRID[0]:g}) taken")
     return BLEND_GRID[best], SCALE_GRID[chosen], {
-        "cold_scale_chosen_by": "validation",
+        "cold_scale_chosen_by": how,
         "scale_validation_users": int(len(alone)),
         "validation_warm_map_als": round(float(alone.mean()), 6),
         "validation_warm_map_by_content_weight": {
@@ -463,8 +467,9 @@ def hybrid_factors(inputs: np.ndarray, als_rows: np.ndarray, als_factors: np.nda
         f"{chosen['cold_scale_chosen_by']}"
         + (f" (validation warm mAP {chosen['validation_warm_map_ratio']:.3f} × ALS's)"
            if "validation_warm_map_ratio" in chosen else ""))
-    return (factors.astype(np.float32), (content * weight).astype(np.float32), trained,
-            metrics)
+    # Weight 0: no content columns at all (a block of zeros would cost storage and kernel work).
+    blend = content * weight if weight > 0 else np.zeros((len(content), 0))
+    return factors.astype(np.float32), blend.astype(np.float32), trained, metrics
 
 
 class BlendScorer:
