@@ -127,14 +127,27 @@ class _HarmlessBeamMessages(logging.Filter):
         return not any(text in message for text in _HARMLESS_LOG_MESSAGES)
 
 
+class _WithoutTracebacks(logging.Filter):
+    """Log records keep their message but lose their traceback (Beam logs a failing worker's
+    whole stack before the job fails; the CLI then ends with the cause in one line):
+    ``--debug`` keeps them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
 def configure_logging() -> None:
-    """INFO logging (the jobs' progress lines) without the known-harmless Beam warnings."""
+    """INFO logging (the jobs' progress lines) without the known-harmless Beam warnings, and
+    without library tracebacks unless ``--debug``."""
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     if not root.handlers:
         logging.basicConfig(level=logging.INFO)
     for handler in root.handlers:
         handler.addFilter(_HarmlessBeamMessages())
+        if not debugging():
+            handler.addFilter(_WithoutTracebacks())
 
 
 def one_line(error: BaseException) -> str:

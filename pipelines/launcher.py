@@ -538,6 +538,17 @@ def _remove_empty_folders(folder: str, keep_top: bool = False) -> None:
 _HELD_TOKENS: set[str] = set()
 
 
+def _pid_running(pid) -> bool:
+    """Whether a process of that pid runs on this host (one we may not signal counts)."""
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class RunLock:
     """A lock file that keeps two runs off one output (a second run would delete the first's
     live staging and publish over it).
@@ -586,18 +597,24 @@ class RunLock:
         return (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
 
     def _local_holder(self, handle) -> Optional[dict]:
-        """The record of the live run holding ``handle``'s file; None if empty or unreadable
-        (it may be writing it this very moment: read again a few times first)."""
-        for attempt in range(5):
+        """The record of the live run holding ``handle``'s file; None if empty or unreadable.
+        The holder writes it just after it locks the file, so for a moment the file can be
+        empty or still hold the record of the dead run it took over: read again (up to ≈ 1 s)
+        while it is unreadable or names a process not running on this host."""
+        holder = None
+        for attempt in range(20):
             try:
-                holder = json.loads(os.pread(handle.fileno(), 1 << 16, 0).decode("utf-8"))
-                if isinstance(holder, dict):
-                    return holder
+                record = json.loads(os.pread(handle.fileno(), 1 << 16, 0).decode("utf-8"))
+                if isinstance(record, dict):
+                    holder = record
+                    if record.get("host") != socket.gethostname() or _pid_running(
+                            record.get("pid")):
+                        return holder
             except (OSError, ValueError):
                 pass
-            if attempt < 4:
+            if attempt < 19:
                 time.sleep(0.05)
-        return None
+        return holder
 
     def _let_go(self, handle, delete: bool) -> None:
         """Deletes the lock file if ``delete`` and the path still is it (while still holding
@@ -711,13 +728,7 @@ class RunLock:
             return False
         if pid == os.getpid():  # this process: stale unless one of its locks still holds it
             return holder.get("token") not in _HELD_TOKENS
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
+        return not _pid_running(pid)
 
     def _delete(self, generation: Optional[int]) -> None:
         """Deletes the lock object of the generation given (NotFound and 412: it is not that

@@ -261,3 +261,30 @@ def test_an_output_inside_an_input_is_refused_and_the_input_left_alone(toy_model
     with pytest.raises(SystemExit, match=r"--output .* is inside --model_dir"):
         recommend.run(job_args(toy_model, synthetic_sample.triplets_path, toy_model))
     assert sorted(os.listdir(toy_model)) == before
+
+
+def test_library_tracebacks_are_left_out_of_the_log_unless_debug(monkeypatch):
+    """Beam logs a failing worker's whole stack (ERROR with exc_info) before the job fails and
+    the CLI prints the cause in one line: the log keeps the message, not the traceback;
+    ``--debug`` keeps both."""
+    import io
+    import logging
+
+    def logged(argv):
+        monkeypatch.setattr(sys, "argv", argv)
+        stream = io.StringIO()
+        handler = logging.StreamHandler(stream)
+        root = logging.getLogger()
+        monkeypatch.setattr(root, "handlers", [handler])
+        cli.configure_logging()
+        try:
+            raise ValueError("the file ends inside record 999")
+        except ValueError:
+            logging.getLogger("apache_beam.runners.common").exception("x.tfrecord.gz: broken")
+        return stream.getvalue()
+
+    quiet = logged(["recommend"])
+    assert quiet == "x.tfrecord.gz: broken\n"
+    loud = logged(["recommend", "--debug"])
+    assert loud.startswith("x.tfrecord.gz: broken\nTraceback (most recent call last):")
+    assert "ValueError: the file ends inside record 999" in loud
