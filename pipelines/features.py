@@ -415,7 +415,7 @@ def _run(options, features_options, patterns, staging_only, symlinks=None) -> Op
 
 
 def main() -> None:
-    logging.getLogger().setLevel(logging.INFO)
+    cli.configure_logging()
     summary = run()
     if summary:
         print(f"features: {summary['songs_written']} songs written, "
