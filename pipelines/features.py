@@ -175,16 +175,6 @@ def runs_on_this_machine(options: PipelineOptions) -> bool:
     return name in LOCAL_RUNNERS or f"{name}runner" in LOCAL_RUNNERS
 
 
-def _exists(path: str) -> bool:
-    """A file or folder at ``path``. GCS has no folders: there a folder exists while some object
-    lies below it (``FileSystems.exists`` only sees an object of that exact name)."""
-    if FileSystems.exists(path):
-        return True
-    if "://" not in path:
-        return False
-    return bool(FileSystems.match([path.rstrip("/") + "/**"], limits=[1])[0].metadata_list)
-
-
 # A run stages its outputs in _staging/features-<run id>/: recognisably the feature job's (the
 # recommendation and training jobs stage in <output>/_staging/ too, under names of their own).
 STAGED_RUN_PREFIX = "features-"
@@ -226,7 +216,7 @@ def _check_output_dir(output_dir: str, overwrite: bool) -> None:
             "folder holding anything else: choose a new or empty folder (a feature output "
             "without its run_summary.json is a run killed while publishing: delete it)")
     existing = [name for name in OUTPUT_SUBDIRS + (SUMMARY_FILE,)
-                if _exists(FileSystems.join(output_dir, name))]
+                if launcher.path_exists(FileSystems.join(output_dir, name))]
     if existing and not overwrite:
         raise SystemExit(
             f"features: {output_dir} already holds outputs of an earlier run "
@@ -270,7 +260,7 @@ def publish_outputs(staging: str, output_dir: str, summary: dict) -> None:
     # features/ last: the window in which the catalogue's folder is newer than the summary is
     # the time of one commit write.
     names = sorted(OUTPUT_SUBDIRS, key=lambda name: name == "features")
-    staged = [name for name in names if _exists(FileSystems.join(staging, name))]
+    staged = [name for name in names if launcher.path_exists(FileSystems.join(staging, name))]
     published_summary = FileSystems.join(output_dir, SUMMARY_FILE)
 
     def committed() -> bool:

@@ -79,11 +79,22 @@ def _undo(what: str, action: Callable[[], object]) -> None:
         logging.error("putting back %s after a failed publication failed: %s", what, error)
 
 
+def _has_objects_below(prefix: str) -> bool:
+    """GCS has no folders: a folder exists while some object lies below its prefix."""
+    return bool(FileSystems.match([prefix.rstrip("/") + "/**"], limits=[1])[0].metadata_list)
+
+
 def folder_exists(folder: str) -> bool:
     """A local folder, or a gs:// prefix with at least one object below it."""
     if "://" not in folder:
         return os.path.isdir(folder)
-    return bool(FileSystems.match([folder.rstrip("/") + "/**"], limits=[1])[0].metadata_list)
+    return _has_objects_below(folder)
+
+
+def path_exists(path: str) -> bool:
+    """A file or folder at ``path`` (``FileSystems.exists`` only sees a gs:// object of that
+    exact name, not a folder)."""
+    return FileSystems.exists(path) or ("://" in path and _has_objects_below(path))
 
 
 def move_folder(source: str, destination: str) -> None:
