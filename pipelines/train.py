@@ -111,6 +111,13 @@ class TrainOptions(PipelineOptions):
                             "scale that costs ALS's validation users (--validation_fraction) "
                             "at most this share of their mAP@500 on their held-out songs, in "
                             "(0, 1) (lower: fewer cold songs recommended).")
+        parser.add_argument("--max_cold_share", type=float, default=None,
+                            help="hybrid: every list holds at least a share of songs without "
+                            "ALS factors (new songs), ranked among themselves: the largest "
+                            "share up to this one that keeps the validation users within "
+                            "--warm_map_loss, in [0, 1]; default: those songs' share of the "
+                            "catalogue (the exposure a content-only model gives them); 0: "
+                            "none reserved.")
         config_lib.add_overwrite_argument(parser)
 
     def validate_train_options(self) -> list[str]:
@@ -189,7 +196,8 @@ def hybrid_parameters(options: TrainOptions) -> hybrid_lib.HybridParameters:
     return hybrid_lib.HybridParameters(
         target_min_listeners=options.target_min_listeners, hidden_units=options.hidden_units,
         epochs=options.epochs, holdout=options.holdout_songs,
-        warm_map_loss=options.warm_map_loss, seed=options.seed)
+        warm_map_loss=options.warm_map_loss, max_cold_share=options.max_cold_share,
+        seed=options.seed)
 
 
 def save_hybrid(fitted, options: TrainOptions, model_dir: str) -> int:
@@ -204,6 +212,7 @@ def save_hybrid(fitted, options: TrainOptions, model_dir: str) -> int:
         hybrid={**dataclasses.asdict(hybrid_parameters(options)),
                 "predicted_norm": network["predicted_norm"],
                 "cold_scale": network["cold_scale"],
+                "cold_share": network["cold_share"],
                 "content_weight": network["content_weight"]},
         regularization=options.regularization, alpha=options.als_alpha,
         confidence_variant=options.confidence, iterations=options.iterations, seed=options.seed,

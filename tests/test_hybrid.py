@@ -99,8 +99,25 @@ def validation_case(seed=5, users=60, songs=80, cold=20, factors=6):
     return item_factors, trained, validation
 
 
+def floor_list(scores, trained, k, floor):
+    """A list as served with a cold floor, by brute force: the best k, then while it holds
+    fewer than ``floor`` songs without ALS factors (and one is left), the worst song with
+    ALS factors in it makes way for the best song without them not yet in it."""
+    order = [int(i) for i in np.lexsort((np.arange(len(scores)), -scores))
+             if np.isfinite(scores[i])]
+    chosen = order[:k]
+    while sum(not trained[i] for i in chosen) < floor:
+        spare = [i for i in order if not trained[i] and i not in chosen]
+        if not spare:
+            break
+        worst_warm = max((i for i in chosen if trained[i]), key=chosen.index)
+        chosen.remove(worst_warm)
+        chosen.append(spare[0])
+    return np.array(sorted(chosen, key=order.index), np.int64)
+
+
 def brute_force_maps(item_factors, content, trained, validation, weight, scale, k=500,
-                     with_cold=True):
+                     with_cold=True, floor=0):
     """The validation users' AP, every catalogue song scored as served (kernel-free)."""
     fold = als_lib.ALSFoldIn(item_factors, validation.regularization, np.flatnonzero(trained))
     x = fold.user_factors(validation.histories, validation.confidences)
@@ -113,8 +130,7 @@ def brute_force_maps(item_factors, content, trained, validation, weight, scale, 
         scores[history] = -np.inf
         if not with_cold:
             scores[~trained] = -np.inf
-        order = np.lexsort((np.arange(len(scores)), -scores))
-        lists.append(order[np.isfinite(scores[order])][:k])
+        lists.append(floor_list(scores, trained, k, floor))
     offsets = np.concatenate([[0], np.cumsum([len(l) for l in lists])])
     hidden_offsets = np.concatenate([[0], np.cumsum([len(h) for h in validation.hidden])])
     relevant = metrics_lib.batch_relevance(offsets, np.concatenate(lists), hidden_offsets,
@@ -126,10 +142,10 @@ def brute_force_maps(item_factors, content, trained, validation, weight, scale, 
 def test_the_validation_maps_equal_ranking_the_whole_catalogue():
     item_factors, trained, validation = validation_case()
     content = unit_rows(np.random.default_rng(9).normal(size=(len(trained), 5)))
-    weights, scales = (0.0, 0.4), (0.3, 1.0, 1.7)
+    weights, scales, shares = (0.0, 0.4), (0.3, 1.0, 1.7), (0.0, 0.2, 0.5)
     for k in (500, 10):
         alone, warm_only, mixed = hybrid_lib.validation_maps(
-            item_factors, content, trained, validation, weights, scales, k=k)
+            item_factors, content, trained, validation, weights, scales, shares, k=k)
         np.testing.assert_allclose(alone, brute_force_maps(
             item_factors, content, trained, validation, 0.0, 1.0, k=k, with_cold=False),
             rtol=1e-9)
@@ -137,36 +153,49 @@ def test_the_validation_maps_equal_ranking_the_whole_catalogue():
             np.testing.assert_allclose(warm_only[j], brute_force_maps(
                 item_factors, content, trained, validation, weight, 1.0, k=k,
                 with_cold=False), rtol=1e-9)
-            for row, scale in enumerate(scales):
-                np.testing.assert_allclose(mixed[j, row], brute_force_maps(
-                    item_factors, content, trained, validation, weight, scale, k=k),
-                    rtol=1e-9)
-    assert mixed[0, 0].mean() > mixed[0, 2].mean()  # louder cold songs cost the warm ones
+            for f, share in enumerate(shares):
+                for row, scale in enumerate(scales):
+                    np.testing.assert_allclose(mixed[j, f, row], brute_force_maps(
+                        item_factors, content, trained, validation, weight, scale, k=k,
+                        floor=hybrid_lib.cold_floor(share, k)), rtol=1e-9)
+    assert mixed[0, 0, 0].mean() > mixed[0, 0, 2].mean()  # louder cold songs cost warm ones
+    assert mixed[0, 0, 0].mean() > mixed[0, 2, 0].mean()  # and so does a larger floor
 
 
-def test_the_weight_and_scale_come_from_the_validation_users_and_are_deterministic():
+def test_the_weight_share_and_scale_come_from_the_validation_users_and_are_deterministic():
     item_factors, trained, validation = validation_case()
     # Content that knows the users' taste a little: the blend helps the warm songs.
     rng = np.random.default_rng(11)
     content = unit_rows(item_factors + 2.0 * rng.normal(size=item_factors.shape))
-    weight, scale, metrics = hybrid_lib.choose_blend(item_factors, content, trained,
-                                                     validation, 0.05)
-    assert (weight, scale, metrics) == hybrid_lib.choose_blend(item_factors, content, trained,
-                                                               validation, 0.05)
+    weight, share, scale, metrics = hybrid_lib.choose_blend(item_factors, content, trained,
+                                                            validation, 0.05)
+    assert (weight, share, scale, metrics) == hybrid_lib.choose_blend(
+        item_factors, content, trained, validation, 0.05)
+    cap = 20 / 80  # the catalogue's share of songs without ALS factors
+    assert metrics["cold_share_cap"] == cap
+    shares = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25]
     alone, warm_only, mixed = hybrid_lib.validation_maps(
         item_factors, content, trained, validation, hybrid_lib.BLEND_GRID,
-        hybrid_lib.SCALE_GRID)
+        hybrid_lib.SCALE_GRID, shares)
     j = hybrid_lib.BLEND_GRID.index(weight)
     best = warm_only.mean(1).argmax()
     assert warm_only[j].mean() >= warm_only[0].mean() and j <= best
-    ratio = mixed[j].mean(1) / alone.mean()
+    ratio = mixed[j].mean(2) / alone.mean()  # [shares, scales]
+    f = shares.index(share)  # the largest share within the budget at the smallest scale
+    assert ratio[f, 0] >= 0.95 and all(r < 0.95 for r in ratio[f + 1:, 0])
     chosen = hybrid_lib.SCALE_GRID.index(scale)
-    assert (ratio[:chosen + 1] >= 0.95).all()
-    assert chosen == len(ratio) - 1 or ratio[chosen + 1] < 0.95
-    assert metrics["validation_warm_map_ratio"] == pytest.approx(ratio[chosen], abs=1e-6)
+    assert (ratio[f, :chosen + 1] >= 0.95).all()
+    assert chosen == ratio.shape[1] - 1 or ratio[f, chosen + 1] < 0.95
+    assert metrics["validation_warm_map_ratio"] == pytest.approx(ratio[f, chosen], abs=1e-6)
     assert metrics["cold_scale_chosen_by"] == "validation"
-    assert hybrid_lib.choose_blend(item_factors, content, trained, validation, 0.3)[1] > scale
-    assert hybrid_lib.choose_blend(item_factors, content, trained, None, 0.05)[:2] == (0.0, 1.0)
+    looser = hybrid_lib.choose_blend(item_factors, content, trained, validation, 0.3)
+    assert (looser[1], looser[2]) >= (share, scale) and looser[1:3] != (share, scale)
+    assert hybrid_lib.choose_blend(item_factors, content, trained, validation, 0.3,
+                                   max_cold_share=0.1)[1] <= 0.1
+    assert hybrid_lib.choose_blend(item_factors, content, trained, validation, 0.3,
+                                   max_cold_share=0.0)[1] == 0.0
+    assert hybrid_lib.choose_blend(item_factors, content, trained, None, 0.05)[:3] == (
+        0.0, cap, 1.0)
 
 
 def test_the_scale_is_chosen_on_the_listens_the_als_fit_left_out():
@@ -219,14 +248,14 @@ def test_the_predicted_songs_get_the_median_norm_times_the_validation_scale():
                                rtol=1e-5)
 
 
-def hybrid_with_cold_songs(songs=30, warm=24, factors=4, seed=2, weight=0.3):
+def hybrid_with_cold_songs(songs=30, warm=24, factors=4, seed=2, weight=0.3, cold_share=0.0):
     rng = np.random.default_rng(seed)
     trained = np.arange(songs) < warm
     content = (weight * unit_rows(rng.normal(size=(songs, 6)))).astype(np.float32)
     return HybridModel(np.array([song(i) for i in range(songs)], dtype=object),
                        rng.normal(size=(songs, factors)).astype(np.float32),
                        np.where(trained, rng.integers(1, 9, size=songs), 0), trained, content,
-                       regularization=0.5, alpha=3.0)
+                       hybrid={"cold_share": cold_share}, regularization=0.5, alpha=3.0)
 
 
 def test_a_history_of_trained_songs_gets_exactly_its_als_user_vector():
@@ -249,6 +278,72 @@ def test_a_history_of_trained_songs_gets_exactly_its_als_user_vector():
         scores[user] += content @ profile
         scores[user, history] = -np.inf
         assert ranked.rows[user].tolist() == np.lexsort((np.arange(30), -scores[user]))[:10].tolist()
+
+
+def served_scores(hybrid, histories, counts):
+    """Every song's score as served (ALS fold-in · factors + weighted content cosine)."""
+    scores = hybrid.user_factors(histories, counts) @ hybrid.item_factors.T.astype(np.float64)
+    content = hybrid.content.astype(np.float64)
+    for user, history in enumerate(histories):
+        scores[user] += content @ unit_rows(content[history].mean(0, keepdims=True))[0]
+        scores[user, history] = -np.inf
+    return scores
+
+
+def test_every_list_holds_the_cold_share_of_new_songs_and_is_otherwise_ranked_by_score():
+    """With a cold share, a list holds at least round(share × k) songs without ALS factors
+    (the best of them by score), the rest the best songs with factors, in score order; a user
+    who heard most songs of one kind gets what is left of it and more of the other."""
+    hybrid = hybrid_with_cold_songs(cold_share=0.5)  # 24 songs with ALS factors, 6 without
+    histories = [np.array([0, 3, 7]), np.array([5]), np.arange(2, 20, 3),
+                 np.array([1, 24, 25, 26, 27, 28]),  # 5 of the 6 new songs heard
+                 np.concatenate([np.arange(20), [29]])]  # 20 of the 24 others heard
+    counts = [np.ones(len(h)) for h in histories]
+    scores = served_scores(hybrid, histories, counts)
+    for k in (8, 5, 1):
+        ranked = hybrid.recommend(histories, counts, k=k)
+        for user in range(len(histories)):
+            expected = floor_list(scores[user], hybrid.trained, k,
+                                  hybrid_lib.cold_floor(0.5, k))
+            assert ranked.rows[user].tolist() == expected.tolist(), (k, user)
+            np.testing.assert_allclose(ranked.scores[user], scores[user, expected], rtol=1e-12)
+    ranked = hybrid.recommend(histories, counts, k=8)
+    new = ~hybrid.trained[ranked.rows]
+    assert new[:3].sum(axis=1).tolist() == [4, 4, 4]
+    assert new[3].sum() == 1 and new[4].sum() == 4  # one new song left; 4 others left
+    # A share that rounds to no song gives exactly the lists without a floor.
+    plain = hybrid_with_cold_songs(cold_share=0.0).recommend(histories, counts, k=8)
+    tiny = hybrid_with_cold_songs(cold_share=0.01).recommend(histories, counts, k=8)
+    np.testing.assert_array_equal(tiny.rows, plain.rows)
+    np.testing.assert_array_equal(tiny.scores, plain.scores)
+    with pytest.raises(ValueError):
+        hybrid.recommend([np.arange(28)], [np.ones(28)], k=3)  # 2 songs left
+
+
+def test_the_cold_floor_is_exact_when_new_songs_win_more_places_than_first_asked_for():
+    """The songs without ALS factors are first ranked to the floor plus a margin; a user whose
+    new songs win more places than that is ranked again in full: the lists are still exact."""
+    hybrid = hybrid_with_cold_songs(songs=300, warm=200, factors=3, seed=4, cold_share=0.2)
+    rng = np.random.default_rng(8)
+    histories = [np.sort(rng.choice(300, size=n, replace=False)) for n in (1, 3, 10, 40)]
+    histories.append(np.arange(190))  # 10 songs with factors left: the new songs fill the rest
+    counts = [np.ones(len(h)) for h in histories]
+    scores = served_scores(hybrid, histories, counts)
+    k = 100
+    first = hybrid_lib.cold_floor(0.2, k) + hybrid_lib.COLD_MARGIN + k // 8
+    ranked = hybrid.recommend(histories, counts, k=k)
+    taken = (~hybrid.trained[ranked.rows]).sum(axis=1)
+    assert taken.max() > first and taken.min() >= hybrid_lib.cold_floor(0.2, k)
+    for user in range(len(histories)):
+        expected = floor_list(scores[user], hybrid.trained, k, hybrid_lib.cold_floor(0.2, k))
+        assert ranked.rows[user].tolist() == expected.tolist(), user
+        np.testing.assert_allclose(ranked.scores[user], scores[user, expected], rtol=1e-12)
+
+
+def test_a_cold_share_outside_zero_to_one_is_refused():
+    for bad in (-0.1, 1.5, "half", None):
+        with pytest.raises(base.ModelError, match="cold_share"):
+            hybrid_with_cold_songs(cold_share=bad)
 
 
 def test_the_model_directory_round_trips_and_refuses_a_missing_or_misshapen_array(tmp_path):
