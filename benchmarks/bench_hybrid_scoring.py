@@ -30,8 +30,9 @@ reported (users/s), with the ratio floor / no floor per cold fraction (and the r
 each round, to show the noise of the shared machine). Stage times (fold-in, the kernel calls,
 each part's too, the merge) are measured inside the same calls by thin wrappers, as shares
 of the best call. Checks (outside the timing, assertions): the floor model really splits the
-catalogue; every floor list holds at least round(0.2 × k) songs without ALS factors; its
-songs with ALS factors are the no-floor list's first ones and its first cold songs the
+catalogue; every floor list holds at least its floor of songs without ALS factors
+(``cold_floor``: 0.2 of the catalogue as a share of the songs the user has not heard, of k);
+its songs with ALS factors are the no-floor list's first ones and its first cold songs the
 no-floor list's cold songs (same scores). Results: ``benchmarks/results/hybrid_scoring.json``.
 """
 from __future__ import annotations
@@ -205,13 +206,13 @@ def timed_call(model, clock: StageClock, users, counts, k: int):
 # Checks
 # ----------------------------------------------------------------------------------------------
 
-def check_lists(plain, floored, trained: np.ndarray, users, k: int, floor: int) -> dict:
+def check_lists(plain, floored, trained: np.ndarray, users, k: int, floor: np.ndarray) -> dict:
     """Asserts that the floor run took the split path correctly; returns what was seen."""
     rows, plain_rows = floored.rows.astype(np.int64), plain.rows.astype(np.int64)
     cold = ~trained[rows]
     assert (cold.sum(axis=1) >= floor).all(), (
-        f"floor run: {int((cold.sum(axis=1) < floor).sum())} users hold fewer than {floor} "
-        f"songs without ALS factors (min {int(cold.sum(axis=1).min())})")
+        f"floor run: {int((cold.sum(axis=1) < floor).sum())} users hold fewer than their "
+        f"floor of songs without ALS factors (min {int(cold.sum(axis=1).min())})")
     plain_cold = ~trained[plain_rows]
     for user, history in enumerate(users):
         assert not np.isin(rows[user], history).any(), f"user {user}: a heard song recommended"
@@ -273,7 +274,7 @@ def run(args) -> dict:
     lengths = np.array([len(h) for h in users])
     print(f"{len(users):,} users (history median {np.median(lengths):g}, mean "
           f"{lengths.mean():.1f}, max {lengths.max()}), k = {args.k}", flush=True)
-    floor = cold_floor(COLD_SHARE, args.k)
+    floor = cold_floor(COLD_SHARE, args.k, args.songs, args.songs - lengths)  # per user
     hybrid_lib.merge_with_cold_floor = _timed_merge
     try:
         setups = {}
@@ -366,7 +367,8 @@ def run(args) -> dict:
                            "content_columns": CONTENT_COLUMNS,
                            "content_weight": CONTENT_WEIGHT, "cold_scale": COLD_SCALE,
                            "cold_fractions": list(COLD_FRACTIONS), "cold_share": COLD_SHARE,
-                           "cold_floor": floor, "regularization": REGULARIZATION,
+                           "cold_floor_per_user": {"min": int(floor.min()),
+                                                   "max": int(floor.max())}, "regularization": REGULARIZATION,
                            "alpha": ALPHA, "confidence": CONFIDENCE,
                            "batch_size": setups[COLD_FRACTIONS[0]]["models"]["floor"]
                            .batch_size,

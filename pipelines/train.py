@@ -109,15 +109,15 @@ class TrainOptions(PipelineOptions):
                             help="hybrid: songs without ALS factors get the predicted direction "
                             "times the median norm of the network's targets times the largest "
                             "scale that costs ALS's validation users (--validation_fraction) "
-                            "at most this share of their mAP@500 on their held-out songs, in "
-                            "(0, 1) (lower: fewer cold songs recommended).")
-        parser.add_argument("--max_cold_share", type=float, default=None,
-                            help="hybrid: every list holds at least a share of songs without "
-                            "ALS factors (new songs), ranked among themselves: the largest "
-                            "share up to this one that keeps the validation users within "
-                            "--warm_map_loss, in [0, 1]; default: those songs' share of the "
-                            "catalogue (the exposure a content-only model gives them); 0: "
-                            "none reserved.")
+                            "at most this share of their mAP@500 on their held-out songs (with "
+                            "the --cold_share floor, against the blend without cold songs), in "
+                            "(0, 1) (lower: fewer new songs win places above the floor).")
+        parser.add_argument("--cold_share", type=float, default=None,
+                            help="hybrid: every list holds at least this share of the catalogue "
+                            "(as a share of the songs the user has not heard) of songs without "
+                            "ALS factors (new songs), the best of them by score, in [0, 1]; "
+                            "default: those songs' share of the catalogue (the exposure a "
+                            "content-only model gives them); 0: none reserved.")
         config_lib.add_overwrite_argument(parser)
 
     def validate_train_options(self) -> list[str]:
@@ -196,7 +196,7 @@ def hybrid_parameters(options: TrainOptions) -> hybrid_lib.HybridParameters:
     return hybrid_lib.HybridParameters(
         target_min_listeners=options.target_min_listeners, hidden_units=options.hidden_units,
         epochs=options.epochs, holdout=options.holdout_songs,
-        warm_map_loss=options.warm_map_loss, max_cold_share=options.max_cold_share,
+        warm_map_loss=options.warm_map_loss, cold_share=options.cold_share,
         seed=options.seed)
 
 

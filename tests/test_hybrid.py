@@ -117,7 +117,7 @@ def floor_list(scores, trained, k, floor):
 
 
 def brute_force_maps(item_factors, content, trained, validation, weight, scale, k=500,
-                     with_cold=True, floor=0):
+                     with_cold=True, share=0.0):
     """The validation users' AP, every catalogue song scored as served (kernel-free)."""
     fold = als_lib.ALSFoldIn(item_factors, validation.regularization, np.flatnonzero(trained))
     x = fold.user_factors(validation.histories, validation.confidences)
@@ -130,6 +130,7 @@ def brute_force_maps(item_factors, content, trained, validation, weight, scale, 
         scores[history] = -np.inf
         if not with_cold:
             scores[~trained] = -np.inf
+        floor = hybrid_lib.cold_floor(share, k, len(trained), [len(trained) - len(history)])[0]
         lists.append(floor_list(scores, trained, k, floor))
     offsets = np.concatenate([[0], np.cumsum([len(l) for l in lists])])
     hidden_offsets = np.concatenate([[0], np.cumsum([len(h) for h in validation.hidden])])
@@ -157,12 +158,12 @@ def test_the_validation_maps_equal_ranking_the_whole_catalogue():
                 for row, scale in enumerate(scales):
                     np.testing.assert_allclose(mixed[j, f, row], brute_force_maps(
                         item_factors, content, trained, validation, weight, scale, k=k,
-                        floor=hybrid_lib.cold_floor(share, k)), rtol=1e-9)
+                        share=share), rtol=1e-9)
     assert mixed[0, 0, 0].mean() > mixed[0, 0, 2].mean()  # louder cold songs cost warm ones
     assert mixed[0, 0, 0].mean() > mixed[0, 2, 0].mean()  # and so does a larger floor
 
 
-def test_the_weight_share_and_scale_come_from_the_validation_users_and_are_deterministic():
+def test_the_weight_and_scale_come_from_the_validation_users_and_are_deterministic():
     item_factors, trained, validation = validation_case()
     # Content that knows the users' taste a little: the blend helps the warm songs.
     rng = np.random.default_rng(11)
@@ -171,31 +172,32 @@ def test_the_weight_share_and_scale_come_from_the_validation_users_and_are_deter
                                                             validation, 0.05)
     assert (weight, share, scale, metrics) == hybrid_lib.choose_blend(
         item_factors, content, trained, validation, 0.05)
-    cap = 20 / 80  # the catalogue's share of songs without ALS factors
-    assert metrics["cold_share_cap"] == cap
-    shares = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25]
+    assert share == metrics["catalogue_cold_share"] == 20 / 80  # the default share
     alone, warm_only, mixed = hybrid_lib.validation_maps(
         item_factors, content, trained, validation, hybrid_lib.BLEND_GRID,
-        hybrid_lib.SCALE_GRID, shares)
+        hybrid_lib.SCALE_GRID, (share,))
     j = hybrid_lib.BLEND_GRID.index(weight)
     best = warm_only.mean(1).argmax()
     assert warm_only[j].mean() >= warm_only[0].mean() and j <= best
-    ratio = mixed[j].mean(2) / alone.mean()  # [shares, scales]
-    f = shares.index(share)  # the largest share within the budget at the smallest scale
-    assert ratio[f, 0] >= 0.95 and all(r < 0.95 for r in ratio[f + 1:, 0])
+    # The budget is against the blend over the warm songs alone (its gain is not spent).
+    ratio = mixed[j, 0].mean(1) / warm_only[j].mean()
     chosen = hybrid_lib.SCALE_GRID.index(scale)
-    assert (ratio[f, :chosen + 1] >= 0.95).all()
-    assert chosen == ratio.shape[1] - 1 or ratio[f, chosen + 1] < 0.95
-    assert metrics["validation_warm_map_ratio"] == pytest.approx(ratio[f, chosen], abs=1e-6)
+    assert (ratio[:chosen + 1] >= 0.95).all()
+    assert chosen == len(ratio) - 1 or ratio[chosen + 1] < 0.95
+    assert metrics["validation_warm_map_ratio"] == pytest.approx(ratio[chosen], abs=1e-6)
     assert metrics["cold_scale_chosen_by"] == "validation"
-    looser = hybrid_lib.choose_blend(item_factors, content, trained, validation, 0.3)
-    assert (looser[1], looser[2]) >= (share, scale) and looser[1:3] != (share, scale)
-    assert hybrid_lib.choose_blend(item_factors, content, trained, validation, 0.3,
-                                   max_cold_share=0.1)[1] <= 0.1
-    assert hybrid_lib.choose_blend(item_factors, content, trained, validation, 0.3,
-                                   max_cold_share=0.0)[1] == 0.0
+    assert hybrid_lib.choose_blend(item_factors, content, trained, validation, 0.3)[2] > scale
+    assert hybrid_lib.choose_blend(item_factors, content, trained, validation, 0.05,
+                                   cold_share=0.1)[1] == 0.1
     assert hybrid_lib.choose_blend(item_factors, content, trained, None, 0.05)[:3] == (
-        0.0, cap, 1.0)
+        0.0, 0.25, 1.0)
+
+
+def test_the_cold_floor_is_the_share_of_the_catalogue_among_the_songs_left():
+    # 20 % of 1,000 songs are new: a user who heard 200 others has 800 left, 200 of them new.
+    assert hybrid_lib.cold_floor(0.2, 500, 1000, [1000, 800, 1]).tolist() == [100, 125, 500]
+    assert hybrid_lib.cold_floor(0.0, 500, 1000, [800]).tolist() == [0]
+    assert hybrid_lib.cold_floor(0.01, 8, 30, [30]).tolist() == [0]  # rounds to none
 
 
 def test_the_scale_is_chosen_on_the_listens_the_als_fit_left_out():
@@ -297,20 +299,20 @@ def test_every_list_holds_the_cold_share_of_new_songs_and_is_otherwise_ranked_by
     hybrid = hybrid_with_cold_songs(cold_share=0.5)  # 24 songs with ALS factors, 6 without
     histories = [np.array([0, 3, 7]), np.array([5]), np.arange(2, 20, 3),
                  np.array([1, 24, 25, 26, 27, 28]),  # 5 of the 6 new songs heard
-                 np.concatenate([np.arange(20), [29]])]  # 20 of the 24 others heard
+                 np.concatenate([np.arange(20), [29]])]  # 4 + 5 left: floor 8 × 0.5 × 30 / 9
     counts = [np.ones(len(h)) for h in histories]
     scores = served_scores(hybrid, histories, counts)
     for k in (8, 5, 1):
         ranked = hybrid.recommend(histories, counts, k=k)
         for user in range(len(histories)):
-            expected = floor_list(scores[user], hybrid.trained, k,
-                                  hybrid_lib.cold_floor(0.5, k))
+            expected = floor_list(scores[user], hybrid.trained, k, hybrid_lib.cold_floor(
+                0.5, k, 30, [30 - len(histories[user])])[0])
             assert ranked.rows[user].tolist() == expected.tolist(), (k, user)
             np.testing.assert_allclose(ranked.scores[user], scores[user, expected], rtol=1e-12)
     ranked = hybrid.recommend(histories, counts, k=8)
     new = ~hybrid.trained[ranked.rows]
-    assert new[:3].sum(axis=1).tolist() == [4, 4, 4]
-    assert new[3].sum() == 1 and new[4].sum() == 4  # one new song left; 4 others left
+    assert new[:3].sum(axis=1).tolist() == [4, 4, 5]  # 8 × 0.5 × 30 / (27, 29, 24) songs left
+    assert new[3].sum() == 1 and new[4].sum() == 5  # one new song left; all 5 left (floor 8)
     # A share that rounds to no song gives exactly the lists without a floor.
     plain = hybrid_with_cold_songs(cold_share=0.0).recommend(histories, counts, k=8)
     tiny = hybrid_with_cold_songs(cold_share=0.01).recommend(histories, counts, k=8)
@@ -330,12 +332,13 @@ def test_the_cold_floor_is_exact_when_new_songs_win_more_places_than_first_asked
     counts = [np.ones(len(h)) for h in histories]
     scores = served_scores(hybrid, histories, counts)
     k = 100
-    first = hybrid_lib.cold_floor(0.2, k) + hybrid_lib.COLD_MARGIN + k // 8
+    floors = hybrid_lib.cold_floor(0.2, k, 300, [300 - len(h) for h in histories])
+    first = floors.max() + hybrid_lib.COLD_MARGIN + k // 8
     ranked = hybrid.recommend(histories, counts, k=k)
     taken = (~hybrid.trained[ranked.rows]).sum(axis=1)
-    assert taken.max() > first and taken.min() >= hybrid_lib.cold_floor(0.2, k)
+    assert taken.max() > first and (taken >= floors).all() and floors[-1] == 55
     for user in range(len(histories)):
-        expected = floor_list(scores[user], hybrid.trained, k, hybrid_lib.cold_floor(0.2, k))
+        expected = floor_list(scores[user], hybrid.trained, k, floors[user])
         assert ranked.rows[user].tolist() == expected.tolist(), user
         np.testing.assert_allclose(ranked.scores[user], scores[user, expected], rtol=1e-12)
 

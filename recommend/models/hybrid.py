@@ -25,25 +25,25 @@ Training (Beam-free; ``transforms.training.FitHybrid`` runs it on one worker aft
    holds the weighted unit vectors, the user's query gets the unit mean; one dot product is
    x_u·y_i + w·cos). It helps both the warm songs' ranking and the cold songs' (content
    is the only signal a cold song has besides its predicted factors).
-5. Every list holds at least a share of songs without ALS factors (``cold_share`` of k, the
-   best of them by score; ``BlendScorer``): their scores are guesses (a predicted direction at
-   a guessed norm), so rather than let that guess decide how often a new song is seen, the
-   hybrid gives them a floor of exposure, and they win places above it on their score.
-6. The weight, the share and the scale are chosen on ALS's validation users (``choose_blend``):
-   their held-out listens are not in the ALS fit (``als.validation_split``, the same fraction
-   and seed), so ranking the whole catalogue for them from their visible listens shows what
-   each setting does. The weight is the smallest of BLEND_GRID whose ranking of the warm songs
-   is within one paired standard error of the best (the 1-SE rule); the share is the largest
-   (in steps of COLD_SHARE_STEP, up to ``max_cold_share``, default the catalogue's share of
-   songs without ALS factors: the exposure a content-only model gives them) that keeps the
-   users' mAP@500 on their held-out songs within ``warm_map_loss`` (default 0.25 %) of ALS
-   alone's; the scale is the largest of SCALE_GRID that still keeps it within the budget — a
-   larger scale lets more cold songs outscore warm ones. Training data only; deterministic
-   for a seed. A floor costs the warm songs little (the songs it displaces are the warm list's
-   last), a scale much more (cold songs that outscore warm ones push every warm hit below them
-   down). On two synthetic development sets, a 20 % floor with a small scale (0.3) kept
-   1.01 × ALS's warm mAP at 1.00-1.01 × content's cold recall, where the scale alone
-   (0.82-0.88, the old rule's choice) kept 0.89-0.92 × at 1.05-1.07 × (docs/evaluation.md).
+5. Every list holds at least a share of songs without ALS factors (``BlendScorer``: the best
+   of them by score, ordered by score with the rest): ``cold_share`` of the catalogue, as a
+   share of the songs the user has not heard (``cold_floor``). By default it is the
+   catalogue's share of those songs, the exposure a content-only ranking gives them: their
+   scores are guesses (a predicted direction at a guessed norm), so rather than let that guess
+   decide whether a new song is ever seen, the hybrid gives new songs their share of the
+   lists, and they win places above it on their score. A floor costs the warm songs little
+   (it displaces the warm list's last songs), a scale much more (a cold song that outscores
+   warm ones pushes every warm hit below it down). On two synthetic development sets a 20 %
+   floor at scale 0.3 kept 1.01 × ALS's warm mAP at 1.00-1.01 × content's cold recall, where
+   the scale alone (0.82-0.88) kept 0.89-0.92 × at 1.05-1.07 × (docs/evaluation.md).
+6. The weight and the scale are chosen on ALS's validation users (``choose_blend``): their
+   held-out listens are not in the ALS fit (``als.validation_split``, the same fraction and
+   seed), so ranking the whole catalogue for them from their visible listens shows what each
+   setting does. The weight is the smallest of BLEND_GRID whose ranking of the warm songs is
+   within one paired standard error of the best (the 1-SE rule); the scale is the largest of
+   SCALE_GRID that keeps the users' mAP@500 on their held-out songs, with the floor, within
+   ``warm_map_loss`` (default DEFAULT_WARM_MAP_LOSS) of the blend's without cold songs.
+   Training data only; deterministic for a seed.
 
 Measured and rejected (docs/evaluation.md): shrinking uncertain predictions (regressing the
 unit target with MSE, or scaling by the MSE network's norm), an ensemble's agreement, a
@@ -82,13 +82,11 @@ DEFAULT_EPOCHS = 30
 DEFAULT_HOLDOUT = 0.1
 # Chosen on the development synthetic data sets (seeds 7-9), not on the reported test sets:
 # docs/evaluation.md, "Hybrid and cold start".
-DEFAULT_WARM_MAP_LOSS = 0.0025
+DEFAULT_WARM_MAP_LOSS = 0.05
 # The cold-song scales tried on the validation users (× the median norm of the targets).
 SCALE_GRID = tuple(round(0.02 * i, 2) for i in range(1, 101))  # 0.02 … 2.0
 # The weights of the content cosine tried on the validation users.
 BLEND_GRID = (0.0, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3)
-# The cold shares tried (0, 0.05, … up to the cap, and the cap itself).
-COLD_SHARE_STEP = 0.05
 # Songs without ALS factors first asked of the kernel beyond the floor (plus k / 8): users who
 # take them all are ranked again with k (BlendScorer).
 COLD_MARGIN = 8
@@ -225,7 +223,7 @@ class HybridParameters:
     epochs: int = DEFAULT_EPOCHS
     holdout: float = DEFAULT_HOLDOUT
     warm_map_loss: float = DEFAULT_WARM_MAP_LOSS
-    max_cold_share: Optional[float] = None  # None: the catalogue's share of cold songs
+    cold_share: Optional[float] = None  # None: the catalogue's share of cold songs
     seed: int = 0
 
 
@@ -242,8 +240,8 @@ def check_hybrid_parameters(p: HybridParameters) -> list[str]:
         problems.append(f"--holdout_songs must be in [0, 1), got {p.holdout}")
     if not 0.0 < p.warm_map_loss < 1.0:
         problems.append(f"--warm_map_loss must be in (0, 1), got {p.warm_map_loss}")
-    if p.max_cold_share is not None and not 0.0 <= p.max_cold_share <= 1.0:
-        problems.append(f"--max_cold_share must be in [0, 1], got {p.max_cold_share}")
+    if p.cold_share is not None and not 0.0 <= p.cold_share <= 1.0:
+        problems.append(f"--cold_share must be in [0, 1], got {p.cold_share}")
     return problems
 
 
@@ -344,10 +342,14 @@ def content_profiles(content: np.ndarray, histories: Sequence[np.ndarray]) -> np
     return unit_rows(out)
 
 
-def cold_floor(share: float, k: int) -> int:
-    """Songs without ALS factors every list of ``k`` holds at least (``share`` of k, rounded
-    half up)."""
-    return min(int(k), int(np.floor(share * k + 0.5)))
+def cold_floor(share: float, k: int, num_songs: int, left) -> np.ndarray:
+    """Songs without ALS factors a user's list of ``k`` holds at least: ``share`` of the
+    catalogue's ``num_songs`` as a share of the ``left`` songs the user has not heard (so a
+    share equal to the catalogue's share of such songs gives a user who heard only songs with
+    ALS factors exactly the share of the rest a content-blind ranking gives them), of k,
+    rounded half up; int64, one per entry of ``left``."""
+    left = np.maximum(np.asarray(left, np.float64), 1.0)
+    return np.minimum(int(k), np.floor(share * k * num_songs / left + 0.5)).astype(np.int64)
 
 
 def validation_maps(item_factors: np.ndarray, content: np.ndarray, trained: np.ndarray,
@@ -358,17 +360,16 @@ def validation_maps(item_factors: np.ndarray, content: np.ndarray, trained: np.n
     cold share f and scale s of the songs without ALS factors, the lists over the whole
     catalogue as served (``BlendScorer``: each user folded in from the listens ALS was fitted
     on, those excluded; a song's score x·y + w·cos(profile, content), the predicted factors at
-    scale 1 in ``item_factors``, ``content`` unit rows; at least ``cold_floor(f, k)`` songs
-    without ALS factors in every list). Returns (mAP per user of ALS alone: warm songs, w = 0;
-    per user for each weight of the warm songs alone [W, U]; per user for each weight, share
-    and scale with every song [W, F, S, U]). In the merged list the c = max(cold songs that
-    win on score, floor) best cold songs and the k − c best warm songs are ordered by score: a
-    warm song of warm rank r is in it when r < k − c, at rank r plus the number of those c
-    cold songs that outscore it."""
+    scale 1 in ``item_factors``, ``content`` unit rows; at least ``cold_floor(f, k, songs,
+    songs left)`` songs without ALS factors in every list). Returns (mAP per user of ALS
+    alone: warm songs, w = 0; per user for each weight of the warm songs alone [W, U]; per
+    user for each weight, share and scale with every song [W, F, S, U]). In the merged list
+    the c = max(cold songs that win on score, floor) best cold songs and the k − c best warm
+    songs are ordered by score: a warm song of warm rank r is in it when r < k − c, at rank r
+    plus the number of those c cold songs that outscore it."""
     from recommend.models.als import ALSFoldIn
 
     weights, scales = np.asarray(weights, np.float64), np.asarray(scales, np.float64)
-    floor_counts = np.array([cold_floor(f, k) for f in floors], np.int64)
     warm_rows, cold_rows = np.flatnonzero(trained), np.flatnonzero(~trained)
     column_of_warm = np.full(len(trained), -1, np.int64)
     column_of_warm[warm_rows] = np.arange(len(warm_rows))
@@ -381,7 +382,7 @@ def validation_maps(item_factors: np.ndarray, content: np.ndarray, trained: np.n
     content = np.asarray(content, np.float64)
     alone = np.zeros(len(users))
     warm_only = np.zeros((len(weights), len(users)))
-    mixed = np.zeros((len(weights), len(floor_counts), len(scales), len(users)))
+    mixed = np.zeros((len(weights), len(floors), len(scales), len(users)))
     for start in range(0, len(users), 64):
         chunk = slice(start, start + 64)
         als_warm, als_cold = x[chunk] @ items[warm_rows].T, x[chunk] @ items[cold_rows].T
@@ -389,6 +390,9 @@ def validation_maps(item_factors: np.ndarray, content: np.ndarray, trained: np.n
                               profiles[chunk] @ content[cold_rows].T)
         for i, u in enumerate(users[chunk]):
             history, hidden = column_of_warm[histories[start + i]], validation.hidden[u]
+            floor_counts = np.concatenate([cold_floor(f, k, len(trained),
+                                                      [len(trained) - len(history)])
+                                           for f in floors])
             ideal = min(k, len(hidden))
             length = min(k, len(warm_rows) - len(history))
             for j, w in enumerate(weights):
@@ -426,62 +430,58 @@ def validation_maps(item_factors: np.ndarray, content: np.ndarray, trained: np.n
 
 def choose_blend(item_factors: np.ndarray, content: np.ndarray, trained: np.ndarray,
                  validation: Optional[ValidationUsers], warm_map_loss: float,
-                 max_cold_share: Optional[float] = None
+                 cold_share: Optional[float] = None
                  ) -> tuple[float, float, float, dict[str, Any]]:
-    """(content weight, cold share, cold scale, metrics), all from ALS's validation users:
+    """(content weight, cold share, cold scale, metrics). The share is ``cold_share`` (default:
+    the catalogue's share of songs without ALS factors, the exposure a content-only model gives
+    them): a product choice, not a fitted one. The weight and the scale come from ALS's
+    validation users:
 
     1. the weight: the smallest of BLEND_GRID whose blend ranks their held-out (warm) songs
        among the warm songs within one paired standard error of the best weight's mAP@500;
-    2. the cold share (the least share of every list given to songs without ALS factors): the
-       largest of the shares up to ``max_cold_share`` (default: those songs' share of the
-       catalogue, the exposure a content-only model gives them) that keeps the users' mAP@500
-       within ``warm_map_loss`` of ALS alone's, with the cold songs at the smallest scale;
-    3. the scale: the largest of SCALE_GRID up to which the songs without ALS factors (now
-       also winning places on their score) keep it within the same budget.
+    2. the scale: the largest of SCALE_GRID up to which the songs without ALS factors (the
+       floor, and those winning places on their score) keep the users' mAP@500 within
+       ``warm_map_loss`` of the blend's over the warm songs alone (so the blend's own gain is
+       not spent on cold songs).
 
-    Without validation users (or hits): weight 0, the share ``max_cold_share`` or the
-    catalogue's, scale 1 (the median norm)."""
+    Without validation users (or hits): weight 0, scale 1 (the median norm)."""
     catalogue_share = float((~trained).mean()) if len(trained) else 0.0
-    cap = catalogue_share if max_cold_share is None else min(max_cold_share, 1.0)
+    share = catalogue_share if cold_share is None else float(cold_share)
+    if trained.all():
+        share = 0.0
     if validation is None or not any(len(h) for h in validation.hidden) or trained.all():
-        return 0.0, (cap if not trained.all() else 0.0), 1.0, {
-            "cold_scale_chosen_by": "default (no validation users or no cold song)",
-            "cold_share_cap": round(cap, 6)}
-    shares = sorted({round(step * COLD_SHARE_STEP, 6) for step in range(
-        int(np.floor(cap / COLD_SHARE_STEP + 1e-9)) + 1)} | {round(cap, 6)})
+        return 0.0, share, 1.0, {
+            "cold_scale_chosen_by": "default (no validation users or no cold song)"}
     alone, warm_only, mixed = validation_maps(item_factors, content, trained, validation,
-                                              BLEND_GRID, SCALE_GRID, shares)
+                                              BLEND_GRID, SCALE_GRID, (share,))
     if not alone.mean() > 0:
-        return 0.0, cap, 1.0, {"cold_scale_chosen_by": "default (no validation hit)",
-                               "cold_share_cap": round(cap, 6)}
+        return 0.0, share, 1.0, {"cold_scale_chosen_by": "default (no validation hit)"}
     # The smallest weight within one paired standard error of the best (the 1-SE rule: the
     # weights near the best are indistinguishable on a few hundred users).
     gap = warm_only[int(np.argmax(warm_only.mean(axis=1)))][None, :] - warm_only
     error = (gap.std(axis=1, ddof=1) / np.sqrt(len(alone)) if len(alone) > 1
              else np.zeros(len(BLEND_GRID)))
     best = int(np.flatnonzero(gap.mean(axis=1) <= error)[0])
-    ratio = mixed[best].mean(axis=2) / alone.mean()  # [F, S]
-    floor_ok = np.flatnonzero(ratio[:, 0] >= 1.0 - warm_map_loss)
-    share = int(floor_ok[-1]) if len(floor_ok) else 0
-    within = ratio[share] >= 1.0 - warm_map_loss
+    ratio = mixed[best, 0].mean(axis=1) / warm_only[best].mean()  # per scale
+    within = ratio >= 1.0 - warm_map_loss
     chosen = (len(within) if within.all() else int(np.argmin(within))) - 1
     how = "validation"
     if chosen < 0:  # even the smallest scale costs more than the budget: take it, and say so
         chosen, how = 0, (f"validation: no scale of the grid keeps the budget, the smallest "
                           f"({SCALE_GRID[0]:g}) taken")
-    return BLEND_GRID[best], shares[share], SCALE_GRID[chosen], {
+    return BLEND_GRID[best], share, SCALE_GRID[chosen], {
         "cold_scale_chosen_by": how,
-        "cold_share_cap": round(cap, 6),
+        "catalogue_cold_share": round(catalogue_share, 6),
         "scale_validation_users": int(len(alone)),
         "validation_warm_map_als": round(float(alone.mean()), 6),
         "validation_warm_map_by_content_weight": {
             f"{w:g}": round(float(m), 6) for w, m in zip(BLEND_GRID, warm_only.mean(axis=1))},
-        "validation_warm_map": round(float(mixed[best, share, chosen].mean()), 6),
-        "validation_warm_map_ratio": round(float(ratio[share, chosen]), 6),
-        "validation_warm_map_ratio_by_cold_share": {
-            f"{f:g}": round(float(r), 4) for f, r in zip(shares, ratio[:, 0])},
+        "validation_warm_map": round(float(mixed[best, 0, chosen].mean()), 6),
+        "validation_warm_map_ratio": round(float(ratio[chosen]), 6),
+        "validation_warm_map_ratio_to_als": round(
+            float(mixed[best, 0, chosen].mean() / alone.mean()), 6),
         "validation_warm_map_ratio_by_scale": {
-            f"{scale:g}": round(float(r), 4) for scale, r in zip(SCALE_GRID, ratio[share])
+            f"{scale:g}": round(float(r), 4) for scale, r in zip(SCALE_GRID, ratio)
             if round(scale * 10, 6).is_integer()}}
 
 
@@ -512,7 +512,7 @@ def hybrid_factors(inputs: np.ndarray, als_rows: np.ndarray, als_factors: np.nda
         factors[cold] = predict(inputs[cold]) * median_norm
     content = unit_rows(np.asarray(inputs, np.float64))
     weight, share, scale, chosen = choose_blend(factors.astype(np.float32), content, trained,
-                                                validation, p.warm_map_loss, p.max_cold_share)
+                                                validation, p.warm_map_loss, p.cold_share)
     factors[cold] *= scale
     metrics.update(median_target_norm=round(median_norm, 6), content_weight=weight,
                    cold_share=share, cold_scale=scale,
@@ -609,9 +609,9 @@ class BlendScorer:
             lefts.append(len(rows) - kernel._distinct_per_user(owns[-1], len(rows)))
         kernel._check_available(lefts[0] + lefts[1], len(self.part_of), k)
         everyone = np.arange(users)
-        floor = cold_floor(self.cold_share, k)
+        floor = cold_floor(self.cold_share, k, len(self.part_of), lefts[0] + lefts[1])
         warm = self._ranked(0, owns[0], lefts[0], everyone, min(k, len(self.parts[0])), queries)
-        first = min(k, len(self.parts[1]), floor + COLD_MARGIN + k // 8)
+        first = min(k, len(self.parts[1]), int(floor.max()) + COLD_MARGIN + k // 8)
         cold = self._ranked(1, owns[1], lefts[1], everyone, first, queries)
         top, scores, taken = merge_with_cold_floor(warm, cold, k, floor)
         # Users who took every candidate while more are left may take more: rank them fully.
@@ -621,17 +621,17 @@ class BlendScorer:
             more = self._ranked(1, owns[1], lefts[1], again, min(k, len(self.parts[1])),
                                 queries)
             top[again], scores[again], _ = merge_with_cold_floor(
-                (warm[0][again], warm[1][again]), more, k, floor)
+                (warm[0][again], warm[1][again]), more, k, floor[again])
         return top, scores
 
 
 def merge_with_cold_floor(warm: tuple[np.ndarray, np.ndarray], cold: tuple[np.ndarray, np.ndarray],
-                          k: int, floor: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each user's k best of two ranked lists (catalogue rows, -1 padding; scores) holding at
-    least ``floor`` of the ``cold`` list's songs (or all it has, and more when the warm list
-    runs out): (rows int64 [B, k], scores float64 [B, k], cold songs taken [B]), best first,
-    ties lower row first. Exact when the cold list holds every candidate the user could take:
-    all the part's songs the user has not heard, or more than were taken."""
+                          k: int, floor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each user's k best of two ranked lists (catalogue rows, -1 padding; scores) holding at least
+    ``floor`` (per user) of the ``cold`` list's songs (or all it has, and more when the warm
+    list runs out): (rows int64 [B, k], scores float64 [B, k], cold songs taken [B]), best
+    first, ties lower row first. Exact when the cold list holds every candidate the user could
+    take: all the part's songs the user has not heard, or more than were taken."""
     rows = np.hstack([warm[0], cold[0]])
     scores = np.where(rows >= 0, np.hstack([warm[1], cold[1]]), -np.inf)
     is_cold = np.hstack([np.zeros(warm[0].shape, bool), np.ones(cold[0].shape, bool)])
