@@ -343,8 +343,20 @@ def test_the_cold_floor_is_exact_when_new_songs_win_more_places_than_first_asked
         np.testing.assert_allclose(ranked.scores[user], scores[user, expected], rtol=1e-12)
 
 
+def test_the_cold_floor_holds_when_k_exceeds_the_songs_with_als_factors():
+    """Few songs with ALS factors and a small floor: the new songs fill the rest of k."""
+    hybrid = hybrid_with_cold_songs(songs=60, warm=20, cold_share=0.05)
+    histories, counts = [np.array([0, 1, 30])], [np.ones(3)]
+    scores = served_scores(hybrid, histories, counts)
+    for k in (30, 40, 50, 57):
+        ranked = hybrid.recommend(histories, counts, k=k)
+        floor = hybrid_lib.cold_floor(0.05, k, 60, [57])[0]
+        assert ranked.rows[0].tolist() == floor_list(scores[0], hybrid.trained, k,
+                                                     floor).tolist(), k
+
+
 def test_a_cold_share_outside_zero_to_one_is_refused():
-    for bad in (-0.1, 1.5, "half", None):
+    for bad in (-0.1, 1.5, "half", None, True):
         with pytest.raises(base.ModelError, match="cold_share"):
             hybrid_with_cold_songs(cold_share=bad)
 

@@ -366,7 +366,9 @@ def validation_maps(item_factors: np.ndarray, content: np.ndarray, trained: np.n
     user for each weight, share and scale with every song [W, F, S, U]). In the merged list
     the c = max(cold songs that win on score, floor) best cold songs and the k − c best warm
     songs are ordered by score: a warm song of warm rank r is in it when r < k − c, at rank r
-    plus the number of those c cold songs that outscore it."""
+    plus the number of those c cold songs that outscore it. (An exact score tie between a song
+    with and one without ALS factors counts for the one without here, where the served list
+    puts the lower row first: for predicted factors times a scale such ties do not occur.)"""
     from recommend.models.als import ALSFoldIn
 
     weights, scales = np.asarray(weights, np.float64), np.asarray(scales, np.float64)
@@ -611,7 +613,10 @@ class BlendScorer:
         everyone = np.arange(users)
         floor = cold_floor(self.cold_share, k, len(self.part_of), lefts[0] + lefts[1])
         warm = self._ranked(0, owns[0], lefts[0], everyone, min(k, len(self.parts[0])), queries)
-        first = min(k, len(self.parts[1]), int(floor.max()) + COLD_MARGIN + k // 8)
+        # Enough candidates for the floor and a margin, and for k when the songs with ALS
+        # factors are fewer than k.
+        first = min(k, len(self.parts[1]), max(int(floor.max()) + COLD_MARGIN + k // 8,
+                                               k - min(k, len(self.parts[0]))))
         cold = self._ranked(1, owns[1], lefts[1], everyone, first, queries)
         top, scores, taken = merge_with_cold_floor(warm, cold, k, floor)
         # Users who took every candidate while more are left may take more: rank them fully.
@@ -678,7 +683,8 @@ class HybridModel(ALSModel):
         if not np.isfinite(content).all():
             raise ModelError("hybrid: the content vectors hold NaN/Inf")
         cold_share = (hybrid or {}).get("cold_share", 0.0)
-        if not isinstance(cold_share, (int, float)) or not 0.0 <= cold_share <= 1.0:
+        if (isinstance(cold_share, bool) or not isinstance(cold_share, (int, float))
+                or not 0.0 <= cold_share <= 1.0):
             raise ModelError(f"hybrid: cold_share must be a number in [0, 1], got "
                              f"{cold_share!r}")
         self.cold_share = float(cold_share)
