@@ -334,11 +334,11 @@ class ValidationUsers:
 def content_profiles(content: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
     """float64 [B, d]: each history's mean content vector scaled to unit length (zeros for
     an empty history or all-zero vectors)."""
-    content = np.asarray(content, np.float64)
+    content = np.asarray(content)  # rows are converted to float64 as they are read, not all
     out = np.zeros((len(histories), content.shape[1]))
     for user, history in enumerate(histories):
         if len(history):
-            out[user] = content[np.asarray(history, np.int64)].mean(axis=0)
+            out[user] = content[np.asarray(history, np.int64)].astype(np.float64).mean(axis=0)
     return unit_rows(out)
 
 
@@ -584,17 +584,16 @@ class BlendScorer:
                 kernel._subset(own, users[enough]), wanted, queries=queries[users[enough]])
             top[enough], scores[enough] = rows[found], found_scores
         for at in np.flatnonzero(left[users] < wanted):  # heard nearly all of this part
-            user = users[at]
-            every = scorer.exact_scores(np.arange(len(rows)), queries[user])
-            every[own.values[own.row_splits[user]:own.row_splits[user + 1]]] = -np.inf
-            order = np.lexsort((np.arange(len(rows)), -every))[:left[user]]
-            top[at, :len(order)], scores[at, :len(order)] = rows[order], every[order]
+            user, count = int(users[at]), int(left[users[at]])
+            found, found_scores = scorer._exact_user(own, user, queries[user], count)
+            top[at, :count], scores[at, :count] = rows[found], found_scores
         return top, scores
 
     def recommend_packed(self, packed, k: int, queries: np.ndarray):
-        histories = [packed.values[packed.row_splits[u]:packed.row_splits[u + 1]]
-                     for u in range(len(packed.row_splits) - 1)]
-        queries = np.hstack([queries, content_profiles(self.content, histories)])
+        if self.content.shape[1]:  # the blend: append each user's unit mean content
+            histories = [packed.values[packed.row_splits[u]:packed.row_splits[u + 1]]
+                         for u in range(packed.num_users)]
+            queries = np.hstack([queries, content_profiles(self.content, histories)])
         if len(self.parts) == 1:
             return self.scorers[0].recommend_packed(packed, k, queries=queries)
         from recommend import kernel
